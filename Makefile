@@ -1,0 +1,72 @@
+# The user's day: setup -> data -> train-all-stages -> needle / videomme -> leaderboards.
+# Everything built goes under $(ART) (git-ignored); results that back the leaderboards go to leaderboards/results/.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+LV := $(VENV)/bin/longvila
+ART ?= artifacts
+FRAMES ?= 6000
+NPROC ?= 2
+TORCHRUN := $(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC)
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.torch_extensions
+export OMP_NUM_THREADS ?= 2
+export TOKENIZERS_PARALLELISM ?= false
+export HF_HUB_OFFLINE ?= 1
+export PYTHONUNBUFFERED ?= 1
+
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
+
+.PHONY: all setup data train-all-stages needle videomme leaderboards bench bench-sp bench-data test test-fast lint tokenizer clean
+
+all: setup data train-all-stages needle videomme leaderboards
+	@echo "leaderboard: leaderboards/README.md and leaderboards/index.html"
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	# The matching torch/torchvision pair first (pip takes both from local disk), then the project under
+	# the same constraints so that nothing pulls another torch.
+	$(PY) -m pip install -q -c constraints.txt torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -c constraints.txt -e ".[openclip,lmms,dev]"
+	rm -f $(VENV)/.installed-* && touch $@
+
+data: setup
+	$(LV) data build --out $(ART)/data
+
+tokenizer: setup
+	$(LV) model build-tokenizer
+
+train-all-stages: setup
+	$(LV) train all --data $(ART)/data --out $(ART)/ckpt --nproc $(NPROC)
+
+needle: setup
+	$(LV) eval needle --ckpt $(ART)/ckpt/stage5 --frames $(FRAMES) --nproc $(NPROC) --out $(ART)/eval/needle
+
+videomme: setup
+	$(LV) eval videomme --ckpt $(ART)/ckpt/stage5 --out $(ART)/eval/videomme
+
+leaderboards: setup
+	$(LV) leaderboards build
+
+bench: bench-sp bench-data
+
+bench-sp: setup
+	$(LV) parallel bench --out $(ART)/bench/sp
+
+bench-data: setup
+	$(LV) data bench --out $(ART)/bench/data
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow and not dist and not browser"
+
+lint: setup
+	$(VENV)/bin/ruff check longvila data model parallel pipelines eval leaderboards tests
+
+clean:
+	rm -rf $(ART) .pytest_cache

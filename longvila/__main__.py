@@ -1,0 +1,5 @@
+import sys
+
+from longvila.cli import main
+
+sys.exit(main())

@@ -1,0 +1,50 @@
+"""The install layout: one `longvila` namespace over the paper's top-level folders, and the CLI."""
+
+import importlib
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PARTS = ["data", "model", "parallel", "pipelines", "eval", "leaderboards"]
+
+
+@pytest.mark.parametrize("part", PARTS)
+def test_part_imports_from_its_top_level_folder(part):
+    mod = importlib.import_module(f"longvila.{part}")
+    assert Path(mod.__file__).resolve().parent == ROOT / part
+
+
+@pytest.mark.parametrize("name", ["data", "model", "parallel", "pipelines", "leaderboards"])
+def test_no_generic_top_level_module_is_installed(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # not the repo root, where the folders would shadow site-packages
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if Path(p or ".").resolve() != ROOT])
+    assert importlib.util.find_spec(name) is None
+
+
+def test_cli_lists_groups_and_rejects_unknown():
+    out = subprocess.run([sys.executable, "-m", "longvila", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    for group in ["data", "model", "parallel", "train", "eval", "leaderboards"]:
+        assert f"  {group} " in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "longvila", "nosuch"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown group 'nosuch'" in bad.stderr
+
+
+def test_atomic_write_leaves_old_file_on_error(tmp_path):
+    from longvila.utils import atomic_open, atomic_write_json, read_json
+
+    target = tmp_path / "state.json"
+    atomic_write_json(target, {"step": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_open(target, "w") as f:
+            f.write('{"step": 2')
+            raise RuntimeError("killed mid-write")
+    assert read_json(target) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temp file left behind
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="bad.json"):
+        read_json(tmp_path / "bad.json")
