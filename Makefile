@@ -9,7 +9,8 @@ ART ?= artifacts
 FRAMES ?= 6000
 NPROC ?= 2
 TORCHRUN := $(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC)
-export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.torch_extensions
+# DeepSpeed compiles its CPU ops once; keep them across clones and CI runs on this machine.
+export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/longvila/torch_extensions
 export OMP_NUM_THREADS ?= 2
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
