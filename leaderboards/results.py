@@ -23,7 +23,9 @@ their sha256 recorded, so a committed result carries its images and a tampered o
 error, not a broken page.
 
 Metric naming conventions the leaderboard tables understand (other names are shown as they are):
-- ``accuracy`` (0..1) is the headline for ``needle``, ``videomme`` and training QA; ``acc@<frames>``
+- Accuracy-like metrics (``accuracy``, ``acc@N``, ``acc_*``, ``*_acc``, ``*_accuracy``, ``control``,
+  ``blind``, ``chance``) are fractions in [0, 1] (validated) and shown as percentages.
+- ``accuracy`` is the headline for ``needle``, ``videomme`` and training QA; ``acc@<frames>``
   (e.g. ``acc@6000``) is the accuracy at one frame count and builds the frame-scaling table.
 - ``frames`` (a metric, or ``config["frames"]``) is the largest frame count of the run; ``config["model"]``
   names the model/config.
@@ -83,6 +85,13 @@ OPTIONAL_FIELDS: dict[str, tuple[type, ...]] = {
 PLOT_EXTENSIONS = (".png", ".svg", ".jpg", ".jpeg", ".webp")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
+# Metrics that are fractions in [0, 1] (shown as percentages): accuracy, acc@N, acc_long, qa_accuracy, ...
+FRACTION_RE = re.compile(r"(^|_)(acc|accuracy)($|@|_)|^(control|blind|chance)(@\d+)?$")
+
+
+def is_fraction(metric: str) -> bool:
+    """Whether a metric name denotes a fraction in [0, 1] (accuracy-like)."""
+    return bool(FRACTION_RE.search(metric))
 
 
 class ResultError(ValueError):
@@ -166,6 +175,8 @@ def validate(obj: Any, path: str | os.PathLike) -> dict[str, Any]:
             raise ResultError(f"{path}: field 'metrics.{k}' must be a number, got {type(v).__name__}")
         if not math.isfinite(v):
             raise ResultError(f"{path}: field 'metrics.{k}' is not a finite number ({v})")
+        if is_fraction(k) and not 0.0 <= v <= 1.0:
+            raise ResultError(f"{path}: field 'metrics.{k}' is an accuracy-like fraction and must lie in [0, 1], got {v}")
     for k, spec in obj.get("plots", {}).items():
         if not (isinstance(spec, dict) and isinstance(spec.get("path"), str) and isinstance(spec.get("sha256"), str)):
             raise ResultError(f"{path}: field 'plots.{k}' must be {{'path': str, 'sha256': str}}")
