@@ -17,8 +17,17 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from longvila.leaderboards import plots
 from longvila.leaderboards.results import Result, default_results_dir, load_results
-from longvila.leaderboards.tables import DEFAULT_QUOTED, Section, Table, load_quoted, sections
+from longvila.leaderboards.tables import (
+    DEFAULT_QUOTED,
+    Plot,
+    Section,
+    Table,
+    load_quoted,
+    sections,
+    summary_table,
+)
 
 from longvila.utils import atomic_write_bytes, atomic_write_text
 
@@ -55,8 +64,9 @@ def _md_table(t: Table) -> list[str]:
     return lines
 
 
-def render_markdown(secs: list[Section], n_results: int, results_rel: str) -> str:
+def render_markdown(secs: list[Section], summary: Table, results_rel: str) -> str:
     """The leaderboard as GitHub Markdown (deterministic for the same inputs)."""
+    n_results = len(summary.rows)
     out = [
         "# Leaderboards",
         "",
@@ -73,13 +83,15 @@ def render_markdown(secs: list[Section], n_results: int, results_rel: str) -> st
     if n_results == 0:
         out += ["", "**No measured results yet.** Run `make all` (or a single evaluation) and then "
                 "`make leaderboards`."]
+    else:
+        out += ["", f"### {summary.caption}", "", *_md_table(summary)]
     for s in secs:
         out += ["", f"## {s.title}", "", f"_{s.description}_ (benchmark `{s.benchmark}`)", "", "### Measured", ""]
         out += _md_table(s.measured) if s.measured else ["No measured results yet."]
         for t in s.scaling:
             out += ["", f"**{t.caption}**", "", *_md_table(t)]
         for p in s.plots:
-            out += ["", f"![{p.result}: {p.key}]({p.asset})"]
+            out += ["", f"![{p.caption}]({p.asset})"]
         if s.all_metrics:
             out += ["", "<details><summary>All metrics</summary>", "", *_md_table(s.all_metrics), "", "</details>"]
         if s.quoted:
@@ -87,7 +99,7 @@ def render_markdown(secs: list[Section], n_results: int, results_rel: str) -> st
     return "\n".join(out) + "\n"
 
 
-def render_html(secs: list[Section], n_results: int, results_rel: str) -> str:
+def render_html(secs: list[Section], summary: Table, results_rel: str) -> str:
     """The leaderboard as one static HTML page (same tables, plus the plots)."""
     import jinja2
 
@@ -95,7 +107,26 @@ def render_html(secs: list[Section], n_results: int, results_rel: str) -> str:
         loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, undefined=jinja2.StrictUndefined,
         trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
     )
-    return env.get_template("index.html.j2").render(sections=secs, n_results=n_results, results_rel=results_rel)
+    return env.get_template("index.html.j2").render(
+        sections=secs, summary=summary, n_results=len(summary.rows), results_rel=results_rel)
+
+
+def add_generated_plots(secs: list[Section], quoted: list[dict]) -> None:
+    """Prepend the plots the leaderboard draws itself: frame scaling (with quoted anchors), loss curves."""
+    for s in secs:
+        rs = s.measured_results
+        drawn = []
+        if s.benchmark in ("needle", "videomme"):
+            png = plots.frame_scaling_png(rs, [q for q in quoted if q["benchmark"] == s.benchmark])
+            if png:
+                drawn.append(Plot("accuracy by number of frames, measured (lines) and quoted (stars)",
+                                  f"assets/_leaderboard.{s.benchmark}.frame_scaling.png", data=png))
+        if s.benchmark == "training":
+            png = plots.loss_png(rs)
+            if png:
+                drawn.append(Plot("training loss of every stage result", "assets/_leaderboard.training.loss.png",
+                                  data=png))
+        s.plots[:0] = drawn
 
 
 def _asset_bytes(src: Path) -> tuple[bytes, bool]:
@@ -131,12 +162,14 @@ def build(
     rdir = Path(results_dir) if results_dir is not None else default_results_dir()
     results_rel = Path(os.path.relpath(rdir.resolve(), out_dir.resolve())).as_posix()
     secs = sections(results, quoted)
+    add_generated_plots(secs, quoted)
+    summary = summary_table(results)
     report = BuildReport(results, out_dir / "README.md", out_dir / "index.html")
     assets = out_dir / "assets"
     wanted = set()
     for s in secs:
         for p in s.plots:
-            data, shrunk = _asset_bytes(p.src)
+            data, shrunk = (p.data, False) if p.data is not None else _asset_bytes(p.src)
             dst = out_dir / p.asset
             wanted.add(dst.name)
             if not dst.is_file() or dst.read_bytes() != data:
@@ -149,6 +182,8 @@ def build(
             if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and f.name not in wanted:
                 f.unlink()
                 report.removed.append(f"assets/{f.name}")
-    atomic_write_text(report.readme, render_markdown(secs, len(results), results_rel))
-    atomic_write_text(report.html, render_html(secs, len(results), results_rel))
+    for path, text in ((report.readme, render_markdown(secs, summary, results_rel)),
+                       (report.html, render_html(secs, summary, results_rel))):
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            atomic_write_text(path, text)
     return report

@@ -40,8 +40,12 @@ HEADLINES: dict[str, list[str | re.Pattern]] = {
     "sp_bench": [re.compile(r"^speedup_")],
     "data_bench": ["decode_fps_decord", "decode_fps_pyav", "build_videos_per_s"],
 }
+# The one metric per benchmark in the at-a-glance table (first present; else the first headline column).
+SUMMARY_METRIC: dict[str, list[str]] = {
+    "needle": ["accuracy"], "videomme": ["accuracy"], "training": ["qa_accuracy", "loss_last"],
+}
 FRAME_METRIC_RE = re.compile(r"^(?P<metric>.+)@(?P<frames>\d+)$")
-QUOTED_FIELDS = ("benchmark", "claim", "figure", "frames", "model", "source", "url")
+QUOTED_FIELDS = ("benchmark", "claim", "figure", "value", "frames", "model", "source", "url")
 
 
 @dataclass
@@ -64,10 +68,10 @@ class Table:
 
 @dataclass
 class Plot:
-    result: str
-    key: str
-    src: Path  # verified image beside the result file
+    caption: str
     asset: str  # path relative to the output folder, e.g. assets/needle-6000.heatmap.png
+    src: Path | None = None  # a verified image beside its result file, or
+    data: bytes | None = None  # an image the leaderboard drew itself (``plots``)
 
 
 @dataclass
@@ -80,6 +84,7 @@ class Section:
     all_metrics: Table | None
     quoted: Table | None
     plots: list[Plot]
+    measured_results: list[Result] = field(default_factory=list)
 
 
 def fmt_metric(name: str, v: float) -> str:
@@ -115,6 +120,10 @@ def load_quoted(path: str | os.PathLike = DEFAULT_QUOTED) -> list[dict[str, Any]
                 raise ValueError(f"{path}: field 'rows[{i}].{key}' must be a non-empty string")
         if row["benchmark"] not in BENCHMARKS:
             raise ValueError(f"{path}: field 'rows[{i}].benchmark' is {row['benchmark']!r}, not a known benchmark")
+        for key, ok in (("value", lambda v: isinstance(v, (int, float)) and 0 <= v <= 1),
+                        ("frames", lambda v: isinstance(v, int) and v > 0)):
+            if row.get(key) is not None and (isinstance(row[key], bool) or not ok(row[key])):
+                raise ValueError(f"{path}: field 'rows[{i}].{key}' must be {'a fraction in [0, 1]' if key == 'value' else 'a positive integer'}")
         unknown = sorted(set(row) - set(QUOTED_FIELDS))
         if unknown:
             raise ValueError(f"{path}: field 'rows[{i}].{unknown[0]}' is not a quoted-row field")
@@ -223,6 +232,24 @@ def _quoted_table(rows: list[dict[str, Any]]) -> Table:
                  ["Label", "Figure", "Claim", "Frames", "Model", "Source"], cells, "quoted")
 
 
+def summary_table(results: list[Result]) -> Table:
+    """One row per measured result, its first headline metric: the table a reader sees first."""
+    rows, ids = [], []
+    for b in ORDER + [b for b in BENCHMARKS if b not in ORDER]:
+        rs = sorted((r for r in results if r.benchmark == b), key=lambda r: r.name)
+        rs.sort(key=lambda r: r.date, reverse=True)
+        for r in rs:
+            m = next((m for m in SUMMARY_METRIC.get(b, []) if m in r.metrics), _headline_metrics(b, [r])[0])
+            rows.append([
+                Cell(TITLES.get(b, b)), Cell(r.name), Cell(m), Cell(fmt_metric(m, r.metrics[m]), r.metrics[m], m),
+                Cell(_frames(r)), Cell(_model_config(r)), Cell(r.date[:10]), Cell(r.commit),
+                Cell(r.command, code=True) if r.command else Cell("-"),
+            ])
+            ids.append(r.name)
+    headers = ["Benchmark", "Result", "Metric", "Value", "Frames", "Model / config", "Date", "Commit", "Reproduce"]
+    return Table("Measured results at a glance", headers, rows, "summary", ids)
+
+
 def sections(results: list[Result], quoted: list[dict[str, Any]]) -> list[Section]:
     """Group results and quoted rows by benchmark (order :data:`ORDER`); rows newest first, then by name."""
     out = []
@@ -230,11 +257,11 @@ def sections(results: list[Result], quoted: list[dict[str, Any]]) -> list[Sectio
         rs = sorted((r for r in results if r.benchmark == b), key=lambda r: r.name)
         rs.sort(key=lambda r: r.date, reverse=True)
         qs = [q for q in quoted if q["benchmark"] == b]
-        plots = [Plot(r.name, k, p, f"assets/{p.name}") for r in rs for k, p in sorted(r.plots.items())]
+        plots = [Plot(f"{r.name}: {k}", f"assets/{p.name}", src=p) for r in rs for k, p in sorted(r.plots.items())]
         out.append(Section(
             benchmark=b, title=TITLES.get(b, b), description=BENCHMARKS[b],
             measured=_measured_table(b, rs) if rs else None, scaling=_scaling_tables(rs),
             all_metrics=_all_metrics_table(rs) if rs else None, quoted=_quoted_table(qs) if qs else None,
-            plots=plots,
+            plots=plots, measured_results=rs,
         ))
     return out

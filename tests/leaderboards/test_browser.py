@@ -37,6 +37,8 @@ def test_page_loads_clean_with_images_and_numbers(site):
     assert state.title == "LongVILA leaderboards"
     assert state.console == []
     assert sorted(i["src"] for i in state.images) == [
+        "assets/_leaderboard.needle.frame_scaling.png", "assets/_leaderboard.training.loss.png",
+        "assets/_leaderboard.videomme.frame_scaling.png",
         "assets/needle-900.heatmap.png", "assets/training-stage1.loss.png", "assets/videomme-sweep.frame_scaling.png"]
     assert all(i["complete"] and i["w"] > 0 and i["h"] > 0 for i in state.images)
     shown = {(c["result"], c["metric"]): float(c["value"]) for c in state.cells if c["metric"]}

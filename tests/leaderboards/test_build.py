@@ -148,4 +148,31 @@ def test_cli_validate_and_build(site, capsys):
     assert cli.main(["build", "--results", str(res), "--out", str(out)]) == 0
     assert (out / "README.md").is_file() and (out / "index.html").is_file()
     assert sorted(p.name for p in (out / "assets").iterdir()) == [
+        "_leaderboard.needle.frame_scaling.png", "_leaderboard.training.loss.png",
+        "_leaderboard.videomme.frame_scaling.png",
         "needle-900.heatmap.png", "training-stage1.loss.png", "videomme-sweep.frame_scaling.png"]
+
+
+def test_loss_series_forms_and_generated_plots(site):
+    from longvila.leaderboards.plots import loss_series
+    from PIL import Image
+
+    assert loss_series({"loss": [3.0, 2.0, 1.5]}) == ([1.0, 2.0, 3.0], [3.0, 2.0, 1.5])
+    assert loss_series({"loss": [[10, 3.0], [20, 2.0]]}) == ([10.0, 20.0], [3.0, 2.0])
+    assert loss_series({"loss": {"step": [0, 5], "loss": [2.0, 1.0]}}) == ([0.0, 5.0], [2.0, 1.0])
+    for bad in (None, {}, {"loss": [1.0]}, {"loss": ["a", "b"]}, {"loss": {"step": [0], "loss": [1, 2]}}):
+        assert loss_series(bad) is None, bad
+    out, res = site
+    report = B.build(res, out)
+    generated = [p for p in report.assets if p.name.startswith("_leaderboard.")]
+    assert len(generated) == 3
+    for p in generated:
+        with Image.open(p) as im:
+            assert im.format == "PNG" and im.size == (400, 240)
+        assert p.stat().st_size < 60_000
+    # No training curve and no acc@N metric: nothing is drawn, and the stale generated images go away.
+    for f in ("training-stage1.json", "needle-900.json", "videomme-sweep.json"):
+        (res / f).unlink()
+    report = B.build(res, out)
+    assert not [p for p in report.assets if p.name.startswith("_leaderboard.")]
+    assert "assets/_leaderboard.training.loss.png" in report.removed
