@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import re
 import shutil
@@ -134,7 +135,7 @@ def _check_json(value: Any, where: str, path: Path) -> None:
         for k, v in value.items():
             if not isinstance(k, str):
                 raise ResultError(f"{path}: field {where!r} has a non-string key {k!r}")
-            _check_json(v, f"{where}.{k}", path)
+            _check_json(v, f"{where}.{k}" if where else k, path)
     elif isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
             _check_json(v, f"{where}[{i}]", path)
@@ -180,8 +181,27 @@ def validate(obj: Any, path: str | os.PathLike) -> dict[str, Any]:
     for k, spec in obj.get("plots", {}).items():
         if not (isinstance(spec, dict) and isinstance(spec.get("path"), str) and isinstance(spec.get("sha256"), str)):
             raise ResultError(f"{path}: field 'plots.{k}' must be {{'path': str, 'sha256': str}}")
-    _check_json(obj, "<root>", path)
+    _check_json(obj, "", path)
     return obj
+
+
+def to_json(value: Any) -> Any:
+    """Plain JSON values from what producers naturally hold: numpy/torch scalars and arrays, tuples, paths."""
+    if isinstance(value, (str, bool, type(None))):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, Mapping):
+        return {(k if isinstance(k, str) else str(k)): to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json(v) for v in value]
+    if hasattr(value, "tolist"):  # numpy arrays, torch tensors (0-d ones give a scalar)
+        return to_json(value.tolist())
+    return value  # left for validation to reject by name
 
 
 def _resolve_target(path_or_name: str | os.PathLike, results_dir_: str | os.PathLike | None) -> Path:
@@ -209,7 +229,8 @@ def write_result(
 
     ``path_or_name``: a name (``"needle-6000"`` -> ``<results_dir>/needle-6000.json``) or a path ending in
     ``.json``. ``results_dir`` overrides the default folder (``$LONGVILA_RESULTS_DIR`` or
-    ``leaderboards/results``). ``metrics``: flat name -> finite number. ``plots``: key -> image path; each
+    ``leaderboards/results``). ``metrics``: flat name -> finite number (numpy/torch scalars are converted,
+    as are arrays, tuples and paths in ``details`` / ``config``). ``plots``: key -> image path; each
     image is copied beside the result as ``<name>.<key><ext>``. Commit, machine and date are filled here.
     Raises :class:`ResultError` (before writing anything) if the result would not validate.
     """
@@ -219,9 +240,9 @@ def write_result(
         "schema": SCHEMA_VERSION,
         "name": name,
         "benchmark": benchmark,
-        "metrics": {str(k): (float(v) if _is_number(v) else v) for k, v in dict(metrics).items()},
-        "details": details,
-        "config": dict(config) if config is not None else None,
+        "metrics": {str(k): (float(v) if _is_number(v) else v) for k, v in to_json(dict(metrics)).items()},
+        "details": to_json(details),
+        "config": to_json(dict(config)) if config is not None else None,
         "seed": seed,
         "command": command,
         "commit": git_commit(),

@@ -154,11 +154,16 @@ def _frames(r: Result) -> str:
     return f"{max(counts):,}" if counts else "-"
 
 
+def _short(v: Any, width: int = 24) -> str:
+    text = str(v)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def _model_config(r: Result) -> str:
     cfg = dict(r.config or {})
     model = cfg.pop("model", None) or cfg.pop("config", None)
     cfg.pop("frames", None)
-    scalars = [f"{k}={v}" for k, v in sorted(cfg.items()) if isinstance(v, (str, int, float, bool)) and v is not None]
+    scalars = [f"{k}={_short(v)}" for k, v in sorted(cfg.items()) if isinstance(v, (str, int, float, bool))]
     text = ", ".join(scalars[:6]) + (", ..." if len(scalars) > 6 else "")
     return " ".join(x for x in (f"{model}" if model else "", f"({text})" if text else "") if x) or "-"
 

@@ -125,3 +125,25 @@ def test_load_results_reports_every_bad_file(tmp_path):
     assert msg.startswith("2 malformed result file(s)")
     assert "b1.json: malformed JSON" in msg and "b2.json: a result must be a JSON object" in msg
     assert R.load_results(tmp_path / "none") == []
+
+
+def test_numpy_torch_and_paths_become_plain_json(tmp_path):
+    import numpy as np
+    import torch
+
+    p = R.write_result(
+        "conv", "needle", {"accuracy": np.float32(0.5), "frames": np.int64(300), "control": torch.tensor(0.25)},
+        details={"grid": np.array([[1.0, 0.5]]), "counts": (1, 2)}, config={"ckpt": tmp_path / "ck"},
+        results_dir=tmp_path,
+    )
+    r = R.load_result(p)
+    assert r.metrics == {"accuracy": 0.5, "frames": 300.0, "control": 0.25}
+    assert r.details == {"grid": [[1.0, 0.5]], "counts": [1, 2]} and r.config == {"ckpt": str(tmp_path / "ck")}
+    with pytest.raises(R.ResultError, match=r"field 'details\.x' holds a object, not JSON"):
+        R.write_result("conv", "needle", {"accuracy": 1.0}, details={"x": object()}, results_dir=tmp_path)
+
+
+def test_accuracy_like_metrics_must_be_fractions(tmp_path):
+    with pytest.raises(R.ResultError, match=r"metrics\.acc@300' is an accuracy-like fraction .* got 93\.0"):
+        R.write_result("pct", "needle", {"acc@300": 93.0}, results_dir=tmp_path)
+    assert R.is_fraction("qa_accuracy") and R.is_fraction("acc_long@64") and not R.is_fraction("accumulate_steps")
