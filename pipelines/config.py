@@ -1,0 +1,363 @@
+"""Typed configs of the five-stage recipe: one function per stage, each derived from the previous one.
+
+Design choices:
+- Frozen dataclasses in small groups with units in the field names or comments (model, data, optim,
+  schedule, parallel, checkpoint, eval), after torchtitan's job config and nanochat's grouped flags. A
+  stage is ``dataclasses.replace`` of the previous stage, so the table of differences between the stages
+  is the code of ``stage2`` ... ``stage5``.
+- Overrides from the command line are ``group.field=value`` strings parsed with the field's annotated
+  type (``--set optim.lr=1e-4``); an unknown group or field is a ``ConfigError`` naming it.
+- Stage 4 (context extension) carries its RoPE schedule as data: a table of (context length, rope theta)
+  rows, scaled from the paper's table (Qwen2 at 32k positions and theta 1e6 raised to 15x theta at 4x
+  length, 210x at 8x, 1,100x at 16x and 3,600x at 32x) to this model's base length. The stage picks the
+  row of its training length and writes both values into the saved model config.
+- Stage 5 (long SFT) is a frame-count curriculum: phases of (frames, batch, steps), short clips with big
+  batches first, long ones with batch 1 last; a uniform-length run with batch 1 does not learn long-video
+  retrieval on this model (see docs/ and the reference notes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, replace
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run (unknown stage, unknown override key, bad value or layout)."""
+
+
+MODULES = ("vision_tower", "mm_projector", "language_model")
+
+# The paper's context-extension table, as multiples of the base model's (positions, rope theta):
+# Qwen2-7B starts at 32k positions with theta 1e6; 131k -> 1.5e7, 262k -> 2.1e8, 524k -> 1.1e9, 1M -> 3.6e9.
+PAPER_ROPE_MULTIPLES: tuple[tuple[int, float], ...] = ((4, 15.0), (8, 210.0), (16, 1100.0), (32, 3600.0))
+
+
+def rope_schedule(base_positions: int, base_theta: float) -> tuple[tuple[int, float], ...]:
+    """The paper's (context length, rope theta) table scaled to a model's base positions and theta."""
+    return tuple((base_positions * m, base_theta * t) for m, t in PAPER_ROPE_MULTIPLES)
+
+
+@dataclass(frozen=True)
+class ModelCfg:
+    name: str = "tiny"  # model preset used when a stage starts from scratch (stage 1 without --from)
+    train: tuple[str, ...] = ("mm_projector",)  # modules that receive gradients; the others stay frozen
+    # Context extension: (max positions, rope theta) rows; empty keeps the checkpoint's RoPE settings.
+    rope_schedule: tuple[tuple[int, float], ...] = ()
+    context_length: int = 0  # tokens; selects the rope_schedule row (smallest length >= this); 0 = none
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One phase of a length curriculum: ``steps`` optimizer steps at ``frames`` frames, ``batch`` samples."""
+
+    frames: int
+    batch: int
+    steps: int
+
+
+@dataclass(frozen=True)
+class DataCfg:
+    sets: tuple[str, ...] = ("image_caption",)  # set folders under --data
+    frames: int = 8  # frames sampled per video (uniformly over its length)
+    seq_len: int = 512  # tokens per packed row (text-only sets) / cap for one sample
+    batch: int = 8  # samples per micro-batch per data-parallel rank
+    curriculum: tuple[Phase, ...] = ()  # overrides frames/batch/steps phase by phase when set
+    workers: int = 0  # loader worker processes
+
+
+@dataclass(frozen=True)
+class OptimCfg:
+    lr: float = 1e-3  # peak learning rate
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables
+
+
+@dataclass(frozen=True)
+class ScheduleCfg:
+    steps: int = 100  # optimizer steps (ignored when data.curriculum is set: sum of its phases)
+    warmup_steps: int = 10
+    kind: str = "cosine"  # "cosine" or "constant" (both with linear warmup)
+    min_lr_ratio: float = 0.1  # cosine floor as a fraction of the peak
+    grad_accum: int = 1  # micro-batches per optimizer step
+
+
+@dataclass(frozen=True)
+class ParallelCfg:
+    sp_ulysses: int = 1  # Ulysses (all-to-all) degree of the sequence-parallel group
+    sp_ring: int = 1  # ring degree; dp = world size / (sp_ulysses * sp_ring)
+    zero_stage: int = 1  # DeepSpeed ZeRO stage 0-2
+    bf16: bool = False  # DeepSpeed bf16 mixed precision (casts the whole module, frozen parts included)
+    timeout_s: int = 600  # process-group timeout
+
+
+@dataclass(frozen=True)
+class CheckpointCfg:
+    every_steps: int = 50  # resumable training state every this many optimizer steps
+    keep: int = 2  # intermediate checkpoints kept
+
+
+@dataclass(frozen=True)
+class EvalCfg:
+    set: str = ""  # held-out short-video QA set evaluated after the stage ("" = none)
+    frames: int = 8
+    limit: int = 0  # questions evaluated (0 = all)
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    stage: int
+    name: str
+    seed: int = 0
+    log_every: int = 1  # steps between JSONL/TensorBoard records
+    model: ModelCfg = field(default_factory=ModelCfg)
+    data: DataCfg = field(default_factory=DataCfg)
+    optim: OptimCfg = field(default_factory=OptimCfg)
+    schedule: ScheduleCfg = field(default_factory=ScheduleCfg)
+    parallel: ParallelCfg = field(default_factory=ParallelCfg)
+    checkpoint: CheckpointCfg = field(default_factory=CheckpointCfg)
+    eval: EvalCfg = field(default_factory=EvalCfg)
+
+    @property
+    def sp(self) -> int:
+        return self.parallel.sp_ulysses * self.parallel.sp_ring
+
+    @property
+    def total_steps(self) -> int:
+        return sum(p.steps for p in self.data.curriculum) if self.data.curriculum else self.schedule.steps
+
+    def phase_at(self, step: int) -> tuple[int, Phase]:
+        """(index, phase) of the curriculum phase that optimizer step ``step`` (0-based) belongs to."""
+        phases = self.data.curriculum or (Phase(self.data.frames, self.data.batch, self.schedule.steps),)
+        start = 0
+        for i, p in enumerate(phases):
+            if step < start + p.steps:
+                return i, p
+            start += p.steps
+        return len(phases) - 1, phases[-1]
+
+    def rope(self) -> tuple[int, float] | None:
+        """(max positions, rope theta) this stage trains with, or None to keep the checkpoint's."""
+        if not self.model.rope_schedule or not self.model.context_length:
+            return None
+        for length, theta in sorted(self.model.rope_schedule):
+            if length >= self.model.context_length:
+                return length, theta
+        raise ConfigError(
+            f"model.context_length={self.model.context_length} exceeds the longest rope_schedule row "
+            f"({max(r[0] for r in self.model.rope_schedule)})"
+        )
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------- the five stages (tiny default)
+# Base positions and theta of the tiny model (longvila.model.tiny_config); stage 4 scales them.
+TINY_BASE_POSITIONS = 2048
+TINY_BASE_THETA = 1e4
+
+
+def stage1() -> StageConfig:
+    """Multi-modal alignment: projector only, image-caption pairs, high learning rate."""
+    return StageConfig(
+        stage=1,
+        name="align",
+        model=ModelCfg(train=("mm_projector",)),
+        data=DataCfg(sets=("image_caption",), frames=1, seq_len=256, batch=16),
+        optim=OptimCfg(lr=2e-3),
+        schedule=ScheduleCfg(steps=60, warmup_steps=5, kind="cosine"),
+        checkpoint=CheckpointCfg(every_steps=30),
+    )
+
+
+def stage2() -> StageConfig:
+    """Pre-training: projector + LLM on image-caption and interleaved image-text."""
+    s = stage1()
+    return replace(
+        s,
+        stage=2,
+        name="pretrain",
+        model=replace(s.model, train=("mm_projector", "language_model")),
+        data=replace(s.data, sets=("image_caption", "interleaved"), seq_len=512, batch=8),
+        optim=replace(s.optim, lr=1e-3, weight_decay=0.01),
+        schedule=replace(s.schedule, steps=120, warmup_steps=10),
+    )
+
+
+def stage3() -> StageConfig:
+    """Short SFT: everything, image QA and short-video QA; held-out short-video QA afterwards."""
+    s = stage2()
+    return replace(
+        s,
+        stage=3,
+        name="short_sft",
+        model=replace(s.model, train=MODULES),
+        data=replace(s.data, sets=("image_qa", "short_video_qa"), frames=8, batch=8),
+        optim=replace(s.optim, lr=5e-4),
+        schedule=replace(s.schedule, steps=150, warmup_steps=10),
+        eval=EvalCfg(set="short_sft_eval", frames=8),
+    )
+
+
+def stage4() -> StageConfig:
+    """Context extension: LLM only on long text, RoPE raised per the scaled paper table, SP over all ranks."""
+    s = stage3()
+    return replace(
+        s,
+        stage=4,
+        name="context_ext",
+        model=replace(
+            s.model,
+            train=("language_model",),
+            rope_schedule=rope_schedule(TINY_BASE_POSITIONS, TINY_BASE_THETA),
+            context_length=8192,
+        ),
+        data=replace(s.data, sets=("long_text",), frames=0, seq_len=4096, batch=1),
+        optim=replace(s.optim, lr=3e-4),
+        schedule=replace(s.schedule, steps=30, warmup_steps=3),
+        parallel=replace(s.parallel, sp_ring=2),
+        checkpoint=replace(s.checkpoint, every_steps=10),
+        eval=EvalCfg(),
+    )
+
+
+def stage5() -> StageConfig:
+    """Long SFT: everything, the long-video set, a frame-count curriculum (batch shrinks as length grows), MM-SP."""
+    s = stage4()
+    return replace(
+        s,
+        stage=5,
+        name="long_sft",
+        model=replace(s.model, train=MODULES, rope_schedule=(), context_length=0),
+        data=replace(
+            s.data,
+            sets=("long_video_sft",),
+            curriculum=(
+                Phase(frames=32, batch=16, steps=60),
+                Phase(frames=64, batch=8, steps=60),
+                Phase(frames=128, batch=8, steps=60),
+                Phase(frames=256, batch=4, steps=60),
+                Phase(frames=512, batch=2, steps=50),
+                Phase(frames=1024, batch=1, steps=40),
+                Phase(frames=1500, batch=1, steps=20),
+            ),
+        ),
+        optim=replace(s.optim, lr=5e-4),
+        schedule=replace(s.schedule, warmup_steps=10, kind="cosine"),
+        checkpoint=replace(s.checkpoint, every_steps=50),
+        eval=EvalCfg(set="short_sft_eval", frames=8),
+    )
+
+
+STAGES = {1: stage1, 2: stage2, 3: stage3, 4: stage4, 5: stage5}
+
+
+def get_stage(n: int | str) -> StageConfig:
+    try:
+        return STAGES[int(n)]()
+    except (KeyError, ValueError):
+        raise ConfigError(f"unknown stage {n!r}: choose one of {sorted(STAGES)}") from None
+
+
+# ---------------------------------------------------------------- overrides
+def _parse(value: str, tp: typing.Any, key: str) -> typing.Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value.lower() in ("none", "null") and len(args) < len(typing.get_args(tp)):
+            return None
+        return _parse(value, args[0], key)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        parts = [v for v in value.split(",") if v.strip()] if value.strip() else []
+        if args and args[0] is Phase:
+            phases = []
+            for p in parts:
+                try:
+                    f, b, n = (int(x) for x in p.split(":"))
+                except ValueError:
+                    raise ConfigError(f"{key}: phase {p!r} is not frames:batch:steps") from None
+                phases.append(Phase(f, b, n))
+            return tuple(phases)
+        if args and typing.get_origin(args[0]) is tuple:  # rope_schedule rows "length:theta"
+            try:
+                return tuple((int(p.split(":")[0]), float(p.split(":")[1])) for p in parts)
+            except (ValueError, IndexError):
+                raise ConfigError(f"{key}: expected length:theta rows, got {value!r}") from None
+        return tuple(_parse(p.strip(), args[0], key) for p in parts)
+    if tp is bool:
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{key}: expected a boolean, got {value!r}")
+    if tp in (int, float, str):
+        try:
+            return tp(float(value)) if tp is int and "e" in value.lower() else tp(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}") from None
+    raise ConfigError(f"{key}: cannot override a field of type {tp}")
+
+
+def apply_overrides(cfg: StageConfig, overrides: list[str] | tuple[str, ...]) -> StageConfig:
+    """Apply ``group.field=value`` (or top-level ``field=value``) strings; unknown keys raise ConfigError."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value")
+        key, value = item.split("=", 1)
+        key = key.strip()
+        parts = key.split(".")
+        if len(parts) > 2 or not all(parts):
+            raise ConfigError(f"unknown config key {key!r}")
+        top_hints = typing.get_type_hints(StageConfig)
+        if parts[0] not in top_hints or parts[0] == "stage":
+            raise ConfigError(f"unknown config key {key!r} (groups/fields: {sorted(top_hints)})")
+        if len(parts) == 1:
+            if dataclasses.is_dataclass(top_hints[parts[0]]):
+                raise ConfigError(f"{key!r} is a group; set one of its fields ({key}.<field>=...)")
+            cfg = replace(cfg, **{parts[0]: _parse(value, top_hints[parts[0]], key)})
+            continue
+        group_tp = top_hints[parts[0]]
+        if not dataclasses.is_dataclass(group_tp):
+            raise ConfigError(f"unknown config key {key!r}: {parts[0]!r} is not a group")
+        hints = typing.get_type_hints(group_tp)
+        if parts[1] not in hints:
+            raise ConfigError(f"unknown config key {key!r} (fields of {parts[0]}: {sorted(hints)})")
+        group = getattr(cfg, parts[0])
+        cfg = replace(cfg, **{parts[0]: replace(group, **{parts[1]: _parse(value, hints[parts[1]], key)})})
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: StageConfig, world_size: int | None = None) -> None:
+    """Check values and, given the world size, the dp x sp layout; raise ConfigError naming the field."""
+    bad = [m for m in cfg.model.train if m not in MODULES]
+    if bad:
+        raise ConfigError(f"model.train: unknown module(s) {bad}; choose from {list(MODULES)}")
+    if cfg.schedule.kind not in ("cosine", "constant"):
+        raise ConfigError(f"schedule.kind={cfg.schedule.kind!r}: choose 'cosine' or 'constant'")
+    if cfg.parallel.zero_stage not in (0, 1, 2):
+        raise ConfigError(f"parallel.zero_stage={cfg.parallel.zero_stage}: supported stages are 0, 1, 2")
+    for name, v in (("schedule.grad_accum", cfg.schedule.grad_accum), ("parallel.sp_ulysses",
+                    cfg.parallel.sp_ulysses), ("parallel.sp_ring", cfg.parallel.sp_ring),
+                    ("checkpoint.every_steps", cfg.checkpoint.every_steps)):
+        if v < 1:
+            raise ConfigError(f"{name}={v} must be >= 1")
+    if cfg.total_steps < 1:
+        raise ConfigError("schedule.steps (or the curriculum) must give at least one step")
+    if cfg.optim.lr <= 0:
+        raise ConfigError(f"optim.lr={cfg.optim.lr} must be > 0")
+    if not cfg.data.sets:
+        raise ConfigError("data.sets is empty")
+    cfg.rope()
+    if world_size is not None and world_size % cfg.sp:
+        raise ConfigError(
+            f"layout does not fit: world size {world_size} is not divisible by the sequence-parallel "
+            f"degree sp_ulysses*sp_ring = {cfg.parallel.sp_ulysses}*{cfg.parallel.sp_ring} = {cfg.sp}"
+        )

@@ -1,0 +1,100 @@
+"""Typed stage configs: derivation, overrides, validation errors."""
+
+import dataclasses
+
+import pytest
+from longvila.pipelines.config import (
+    MODULES,
+    ConfigError,
+    Phase,
+    apply_overrides,
+    get_stage,
+    rope_schedule,
+    stage3,
+    stage4,
+    stage5,
+    validate,
+)
+
+
+def test_stage_table_trainable_modules_and_sets():
+    want = {1: ("mm_projector",), 2: ("mm_projector", "language_model"), 3: MODULES, 4: ("language_model",),
+            5: MODULES}
+    for n, train in want.items():
+        cfg = get_stage(n)
+        assert cfg.stage == n and set(cfg.model.train) == set(train)
+        validate(cfg, world_size=2)
+    assert get_stage(1).data.sets == ("image_caption",)
+    assert "interleaved" in get_stage(2).data.sets
+    assert get_stage(4).data.sets == ("long_text",) and get_stage(4).sp == 2
+    assert get_stage(3).eval.set == get_stage(5).eval.set == "short_sft_eval"
+
+
+def test_each_stage_is_a_copy_of_the_previous():
+    s3, s4 = stage3(), stage4()
+    # fields stage 4 does not change are inherited from stage 3
+    assert s4.optim.beta2 == s3.optim.beta2 and s4.optim.weight_decay == s3.optim.weight_decay
+    assert s4.seed == s3.seed and s4.schedule.kind == s3.schedule.kind
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s3.optim.lr = 1.0  # type: ignore[misc]
+
+
+def test_stage4_rope_follows_scaled_paper_table():
+    table = rope_schedule(2048, 1e4)
+    assert table[0] == (8192, 1.5e5) and table[1] == (16384, 2.1e6)
+    s4 = stage4()
+    length, theta = s4.rope()
+    assert length >= s4.model.context_length >= 6100  # covers the 6,000-frame haystack + prompt
+    assert theta > 1e4
+    assert stage5().rope() is None  # stage 5 keeps the extended config it loads
+    with pytest.raises(ConfigError, match="context_length"):
+        apply_overrides(s4, ["model.context_length=10000000"])
+
+
+def test_stage5_curriculum_grows_frames_and_shrinks_batch_within_limit():
+    cur = stage5().data.curriculum
+    frames = [p.frames for p in cur]
+    batches = [p.batch for p in cur]
+    assert frames == sorted(frames) and batches == sorted(batches, reverse=True)
+    assert max(frames) <= 1500
+    assert stage5().total_steps == sum(p.steps for p in cur)
+    assert stage5().phase_at(0) == (0, cur[0])
+    assert stage5().phase_at(stage5().total_steps - 1)[0] == len(cur) - 1
+
+
+def test_overrides_are_typed():
+    cfg = apply_overrides(stage3(), ["optim.lr=1e-4", "schedule.steps=7", "parallel.bf16=true",
+                                     "data.sets=a,b", "seed=3", "schedule.kind=constant",
+                                     "data.curriculum=8:4:2,16:2:3"])
+    assert cfg.optim.lr == 1e-4 and isinstance(cfg.optim.lr, float)
+    assert cfg.schedule.steps == 7 and isinstance(cfg.schedule.steps, int)
+    assert cfg.parallel.bf16 is True and cfg.data.sets == ("a", "b") and cfg.seed == 3
+    assert cfg.data.curriculum == (Phase(8, 4, 2), Phase(16, 2, 3)) and cfg.total_steps == 5
+
+
+@pytest.mark.parametrize("bad, match", [
+    ("optim.lrr=1", "unknown config key 'optim.lrr'"),
+    ("optimizer.lr=1", "unknown config key 'optimizer.lr'"),
+    ("optim.lr=fast", "optim.lr: expected float"),
+    ("schedule.steps=1.5", "schedule.steps: expected int"),
+    ("parallel.bf16=maybe", "expected a boolean"),
+    ("optim", "not key=value"),
+    ("optim=3", "is a group"),
+    ("schedule.kind=linear", "schedule.kind"),
+    ("parallel.zero_stage=3", "zero_stage"),
+    ("model.train=mm_projector,decoder", "unknown module"),
+])
+def test_bad_overrides_name_the_key(bad, match):
+    with pytest.raises(ConfigError, match=match):
+        apply_overrides(stage3(), [bad])
+
+
+def test_unknown_stage_and_layout_errors():
+    with pytest.raises(ConfigError, match="unknown stage 6"):
+        get_stage(6)
+    with pytest.raises(ConfigError, match="unknown stage 'x'"):
+        get_stage("x")
+    with pytest.raises(ConfigError, match="world size 3 is not divisible"):
+        validate(stage4(), world_size=3)
+    with pytest.raises(ConfigError, match="sp_ring=0"):
+        apply_overrides(stage4(), ["parallel.sp_ring=0"])
