@@ -154,6 +154,10 @@ def _frames(r: Result) -> str:
     return f"{max(counts):,}" if counts else "-"
 
 
+# Config keys that say where things went, not what ran (the command has its own column).
+_LOCATION_KEY = re.compile(r"^(command|out|output|cache.*)$|_(dir|file|path)$")
+
+
 def _short(v: Any, width: int = 24) -> str:
     text = str(v)
     return text if len(text) <= width else text[: width - 3] + "..."
@@ -163,8 +167,9 @@ def _model_config(r: Result) -> str:
     cfg = dict(r.config or {})
     model = cfg.pop("model", None) or cfg.pop("config", None)
     cfg.pop("frames", None)
-    scalars = [f"{k}={_short(v)}" for k, v in sorted(cfg.items()) if isinstance(v, (str, int, float, bool))]
-    text = ", ".join(scalars[:6]) + (", ..." if len(scalars) > 6 else "")
+    scalars = [f"{k}={_short(v)}" for k, v in sorted(cfg.items())
+               if isinstance(v, (str, int, float, bool)) and not _LOCATION_KEY.search(k)]
+    text = ", ".join(scalars[:5]) + (", ..." if len(scalars) > 5 else "")
     return " ".join(x for x in (f"{model}" if model else "", f"({text})" if text else "") if x) or "-"
 
 

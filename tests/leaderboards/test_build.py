@@ -176,3 +176,12 @@ def test_loss_series_forms_and_generated_plots(site):
     report = B.build(res, out)
     assert not [p for p in report.assets if p.name.startswith("_leaderboard.")]
     assert "assets/_leaderboard.training.loss.png" in report.removed
+
+
+def test_model_config_summary_skips_locations_and_shortens(tmp_path):
+    p = write_result("m", "needle", {"accuracy": 1.0}, results_dir=tmp_path, config={
+        "model": "artifacts/ckpt/stage5", "command": "x", "out": "/tmp/o", "cache_dir": "/c", "table_file": "t",
+        "needles": 5, "model_hash": "0123456789abcdef0123456789abcdef", "nested": {"a": 1}})
+    text = tables._model_config(load_results(tmp_path)[0])
+    assert text == "artifacts/ckpt/stage5 (model_hash=0123456789abcdef01234..., needles=5)", text
+    assert p.is_file()
