@@ -1,0 +1,64 @@
+"""mp4 encode/decode: round trip close to the rendered frames, determinism, uniform sampling, bad input."""
+
+import numpy as np
+import pytest
+from longvila.data import video_io, world
+
+
+@pytest.fixture(scope="module")
+def clip():
+    v = world.make_video(7, 40)
+    return v, video_io.encode_mp4(v.frames, v.fps)
+
+
+def test_round_trip_close_and_deterministic(clip):
+    v, mp4 = clip
+    assert video_io.encode_mp4(v.frames, v.fps) == mp4
+    dec = video_io.read_frames(mp4)
+    assert dec.shape == v.frames.shape and dec.dtype == np.uint8
+    err = np.abs(dec.astype(np.int16) - v.frames).mean()
+    assert err < 4.0, err
+
+
+def test_decord_and_pyav_agree(clip):
+    _, mp4 = clip
+    a = video_io.read_frames(mp4, 9, backend="decord")
+    b = video_io.read_frames(mp4, 9, backend="pyav")
+    assert np.abs(a.astype(np.int16) - b).max() <= 2
+
+
+def test_uniform_sampling(clip, tmp_path):
+    v, mp4 = clip
+    assert video_io.sample_indices(40, 5).tolist() == [0, 10, 20, 29, 39]
+    p = tmp_path / "v.mp4"
+    p.write_bytes(mp4)
+    full = video_io.read_frames(p)
+    sub = video_io.read_frames(p, 5)
+    assert np.array_equal(sub, full[[0, 10, 20, 29, 39]])
+    assert video_io.num_frames_of(p) == 40
+
+
+def test_bad_input_names_the_file(clip, tmp_path):
+    _, mp4 = clip
+    p = tmp_path / "short.mp4"
+    p.write_bytes(mp4)
+    with pytest.raises(video_io.VideoError, match=r"short\.mp4.*40 frames, 41 asked"):
+        video_io.read_frames(p, 41)
+    e = tmp_path / "empty.mp4"
+    e.write_bytes(b"")
+    with pytest.raises(video_io.VideoError, match=r"empty\.mp4.*empty"):
+        video_io.read_frames(e)
+    c = tmp_path / "corrupt.mp4"
+    c.write_bytes(mp4[: len(mp4) // 3])
+    with pytest.raises(video_io.VideoError, match=r"corrupt\.mp4"):
+        video_io.read_frames(c)
+    with pytest.raises(FileNotFoundError, match="missing.mp4"):
+        video_io.read_frames(tmp_path / "missing.mp4")
+    with pytest.raises(video_io.VideoError, match="empty"):
+        video_io.read_frames(b"")
+    with pytest.raises(video_io.VideoError, match="corrupt"):
+        video_io.read_frames(b"not a video" * 50)
+    with pytest.raises(ValueError, match="even"):
+        video_io.encode_mp4(np.zeros((2, 31, 32, 3), np.uint8))
+    with pytest.raises(ValueError, match="empty"):
+        video_io.encode_mp4(np.zeros((0, 32, 32, 3), np.uint8))
