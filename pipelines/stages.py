@@ -1,0 +1,111 @@
+"""The real stage task: LongVILA model + MM-SP step + the data part's sets, for ``trainer.train``.
+
+Design choices:
+- One task for all five stages; the stage config says what differs (sets, frames, frozen modules, RoPE,
+  SP degree). Every stage trains through ``longvila.parallel.mmsp_forward`` on a dp x sp mesh (with one
+  SP rank it is plain packed-sequence training with the same loss), so stage 4 and stage 5 use the very
+  code path that the single-process tests check.
+- The model comes from ``--from`` (the previous stage's save_pretrained folder) or, for stage 1 without
+  one, from the tiny config with a fixed seed. Stage 4 writes its RoPE row (rope_theta and
+  max_position_embeddings) into the LLM's config before loading, so the saved config carries it.
+- Tokens reported per step are counted once per SP group (by its sp_rank 0).
+- The held-out evaluation leaves sequence parallelism (a one-rank mesh) and splits questions over ranks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from longvila.pipelines.config import Phase, StageConfig
+from longvila.pipelines.trainer import Context, Task
+
+
+def set_rope(config, max_positions: int, theta: float) -> None:
+    """Write a RoPE row into a LongVILAConfig's text config (transformers 5 ``rope_parameters``)."""
+    tc = config.text_config
+    params = dict(getattr(tc, "rope_parameters", None) or {"rope_type": "default"})
+    params["rope_theta"] = float(theta)
+    tc.rope_parameters = params
+    tc.max_position_embeddings = int(max_positions)
+
+
+def build_model(cfg: StageConfig, init: Path | None):
+    from longvila.model import LongVILAConfig, LongVILAForCausalLM, paper_config, tiny_config
+
+    if init is None:
+        presets = {"tiny": tiny_config, "paper": paper_config}
+        if cfg.model.name not in presets:
+            raise ValueError(f"model.name={cfg.model.name!r}: choose one of {sorted(presets)}")
+        config = presets[cfg.model.name]()
+        if cfg.rope():
+            set_rope(config, *cfg.rope())
+        torch.manual_seed(cfg.seed)
+        return LongVILAForCausalLM(config)
+    config = LongVILAConfig.from_pretrained(init)
+    if cfg.rope():
+        set_rope(config, *cfg.rope())
+    return LongVILAForCausalLM.from_pretrained(init, config=config)
+
+
+def modules(model) -> dict[str, torch.nn.Module]:
+    return {"vision_tower": model.vision_tower, "mm_projector": model.mm_projector,
+            "language_model": model.language_model}
+
+
+def make_mesh(cfg: StageConfig, world: int):
+    from longvila.parallel.mesh import ParallelDims, build_mesh
+
+    dims = ParallelDims(dp=world // cfg.sp, sp_ulysses=cfg.parallel.sp_ulysses, sp_ring=cfg.parallel.sp_ring,
+                        world_size=world)
+    return build_mesh(dims, timeout_s=cfg.parallel.timeout_s)
+
+
+def setup(model, ctx: Context) -> None:
+    from longvila.parallel.hf import apply_sequence_parallel
+
+    apply_sequence_parallel(model, ctx.mesh)
+
+
+def mmsp_loss(model, batch: dict, ctx: Context) -> tuple[torch.Tensor, int]:
+    """The rank's MM-SP loss (local CE sum / the SP group's active targets) and its token count."""
+    from longvila.parallel.mmsp import mmsp_forward
+
+    module = getattr(model, "module", model)  # a DeepSpeed engine wraps the model
+    out = mmsp_forward(module, batch, ctx.mesh)
+    return out.loss, (out.num_active if ctx.sp_rank == 0 else 0)
+
+
+def save(model, folder: Path) -> None:
+    from longvila.model import LongVILAProcessor
+
+    model.save_pretrained(folder)
+    LongVILAProcessor.from_config(model.config).save_pretrained(folder)
+
+
+def make_task(cfg: StageConfig, data_root: str | Path) -> Task:
+    from longvila.pipelines import datasource
+
+    data_root = Path(data_root)
+
+    def batches(pi: int, phase: Phase, skip: int, ctx: Context) -> Iterator[dict[str, Any]]:
+        return datasource.stream(data_root, cfg.data.sets, phase, seed=cfg.seed * 1000 + pi, skip=skip,
+                                 dp_rank=ctx.dp_rank, dp=ctx.dp, seq_len=cfg.data.seq_len)
+
+    def evaluate(model, ctx: Context) -> dict[str, Any]:
+        from longvila.pipelines.evaluate import short_video_qa
+
+        return short_video_qa(model, data_root / cfg.eval.set, cfg.eval.frames, cfg.eval.limit, ctx)
+
+    return Task(
+        build_model=lambda init, ctx: build_model(cfg, init),
+        modules=modules,
+        batches=batches,
+        loss=mmsp_loss,
+        save=save,
+        evaluate=evaluate if cfg.eval.set else None,
+        setup=setup,
+        make_mesh=make_mesh,
+    )
