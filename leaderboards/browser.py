@@ -197,7 +197,11 @@ def inspect_page(html: str | os.PathLike, timeout: float = 60.0, settle: float =
 def check_page(html: str | os.PathLike, results: list[Result], timeout: float = 60.0) -> list[str]:
     """Problems with the page in a real browser: console errors, broken images, numbers that differ from
     the result files (every metric of every result must appear with its exact value). Empty = good."""
-    state = inspect_page(html, timeout=timeout)
+    return find_problems(inspect_page(html, timeout=timeout), results)
+
+
+def find_problems(state: PageState, results: list[Result]) -> list[str]:
+    """The checks of :func:`check_page` on an already inspected page."""
     problems = [f"console {line}" for line in state.console]
     for img in state.images:
         if not img["complete"] or img["w"] <= 0 or img["h"] <= 0:

@@ -46,6 +46,7 @@ class BuildReport:
     assets: list[Path] = field(default_factory=list)
     shrunk: list[str] = field(default_factory=list)  # images scaled down to fit MAX_IMAGE_BYTES
     removed: list[str] = field(default_factory=list)  # stale assets deleted
+    orphans: list[str] = field(default_factory=list)  # images in the results folder no result references
 
 
 def _md_cell(c) -> str:
@@ -182,6 +183,10 @@ def build(
             if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and f.name not in wanted:
                 f.unlink()
                 report.removed.append(f"assets/{f.name}")
+    used = {p.name for r in results for p in r.plots.values()}
+    if rdir.is_dir():
+        report.orphans = sorted(f.name for f in rdir.iterdir()
+                                if f.suffix.lower() in IMAGE_SUFFIXES and f.name not in used)
     for path, text in ((report.readme, render_markdown(secs, summary, results_rel)),
                        (report.html, render_html(secs, summary, results_rel))):
         if not path.is_file() or path.read_text(encoding="utf-8") != text:

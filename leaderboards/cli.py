@@ -1,7 +1,8 @@
 """``longvila leaderboards``: build (``make leaderboards``), validate, and check the page in a browser.
 
-- ``build``: validate every result file, write README.md, index.html and assets/; ``--check-browser``
-  then loads the page in headless chromium and fails on any problem.
+- ``build``: validate every result file, write README.md, index.html and assets/, then load the page in
+  headless chromium and fail on any problem (``--check-browser auto``: only when chromium is installed,
+  saying so when it is not; ``yes``: always; ``no``: never).
 - ``validate``: only read and validate the result files (and the quoted anchors); print a summary.
 - ``check``: the browser check alone on an existing page.
 Exit codes: 0 success, 1 malformed results / failed check, 2 usage errors (argparse).
@@ -32,7 +33,8 @@ def _parser() -> argparse.ArgumentParser:
         if name in ("build", "check"):
             s.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for README.md/index.html/assets")
         if name == "build":
-            s.add_argument("--check-browser", action="store_true", help="then check the page in chromium")
+            s.add_argument("--check-browser", choices=["auto", "yes", "no"], default="auto",
+                           help="then check the page in headless chromium (auto: when chromium is installed)")
     return p
 
 
@@ -73,7 +75,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  scaled down large image {a}")
     for a in report.removed:
         print(f"  removed stale image {a}")
-    if args.check_browser:
+    for a in report.orphans:
+        print(f"  warning: no result references {a} in the results folder", file=sys.stderr)
+    if args.check_browser == "auto":
+        from longvila.leaderboards.browser import find_chromium
+
+        if find_chromium() is None:
+            print("browser check skipped: chromium not installed (leaderboards/setup_browser.sh installs it)")
+            return 0
+    if args.check_browser != "no":
         return _browser_check(report.html, report.results)
     return 0
 

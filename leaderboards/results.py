@@ -181,6 +181,9 @@ def validate(obj: Any, path: str | os.PathLike) -> dict[str, Any]:
     for k, spec in obj.get("plots", {}).items():
         if not (isinstance(spec, dict) and isinstance(spec.get("path"), str) and isinstance(spec.get("sha256"), str)):
             raise ResultError(f"{path}: field 'plots.{k}' must be {{'path': str, 'sha256': str}}")
+        if Path(spec["path"]).name != spec["path"] or Path(spec["path"]).suffix.lower() not in PLOT_EXTENSIONS:
+            raise ResultError(f"{path}: field 'plots.{k}.path' must be an image file name beside the result "
+                              f"({', '.join(PLOT_EXTENSIONS)}), got {spec['path']!r}")
     _check_json(obj, "", path)
     return obj
 

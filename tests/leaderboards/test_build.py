@@ -105,7 +105,7 @@ def test_malformed_result_stops_the_build_naming_file_and_field(site, capsys):
     assert "data-bench.json: field 'metrics.decode_fps_pyav' must be a number" in str(e.value)
     assert "zz.json: malformed JSON" in str(e.value)
     assert not (out / "README.md").exists()  # nothing written
-    assert cli.main(["build", "--results", str(res), "--out", str(out)]) == 1
+    assert cli.main(["build", "--results", str(res), "--out", str(out), "--check-browser", "no"]) == 1
     err = capsys.readouterr().err
     assert "data-bench.json" in err and "metrics.decode_fps_pyav" in err and "zz.json" in err
 
@@ -145,7 +145,9 @@ def test_cli_validate_and_build(site, capsys):
     assert cli.main(["validate", "--results", str(res)]) == 0
     assert "5 valid result file(s) (data_bench: 1, needle: 1, sp_bench: 1, training: 1, videomme: 1); 7 quoted" \
         in capsys.readouterr().out
-    assert cli.main(["build", "--results", str(res), "--out", str(out)]) == 0
+    (res / "forgotten.png").write_bytes((res / "needle-900.heatmap.png").read_bytes())
+    assert cli.main(["build", "--results", str(res), "--out", str(out), "--check-browser", "no"]) == 0
+    assert "warning: no result references forgotten.png" in capsys.readouterr().err
     assert (out / "README.md").is_file() and (out / "index.html").is_file()
     assert sorted(p.name for p in (out / "assets").iterdir()) == [
         "_leaderboard.needle.frame_scaling.png", "_leaderboard.training.loss.png",

@@ -75,6 +75,8 @@ def _good(tmp_path):
         (lambda o: o.update(schema=2), "field 'schema' is 2"),
         (lambda o: o.update(name="other"), "field 'name' is 'other' but the file is named 'good.json'"),
         (lambda o: o.update(plots={"h": "x.png"}), r"field 'plots.h' must be"),
+        (lambda o: o.update(plots={"h": {"path": "../x.png", "sha256": "0"}}), r"field 'plots.h.path' must be an image"),
+        (lambda o: o.update(plots={"h": {"path": "x.json", "sha256": "0"}}), r"field 'plots.h.path' must be an image"),
     ],
 )
 def test_load_errors_name_file_and_field(tmp_path, mutate, message):
