@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import shutil
 import signal
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from longvila.leaderboards.results import Result
+from longvila.leaderboards.tables import fmt_metric
 
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -194,13 +194,15 @@ def inspect_page(html: str | os.PathLike, timeout: float = 60.0, settle: float =
             proc.wait(timeout=10)
 
 
-def check_page(html: str | os.PathLike, results: list[Result], timeout: float = 60.0) -> list[str]:
+def check_page(html: str | os.PathLike, results: list[Result], quoted: list[dict[str, Any]] | None = None,
+               timeout: float = 60.0) -> list[str]:
     """Problems with the page in a real browser: console errors, broken images, numbers that differ from
-    the result files (every metric of every result must appear with its exact value). Empty = good."""
-    return find_problems(inspect_page(html, timeout=timeout), results)
+    the result files (every metric of every result must appear with its exact value and its formatted text),
+    quoted figures missing from the quoted tables or measured cells inside them. Empty = good."""
+    return find_problems(inspect_page(html, timeout=timeout), results, quoted)
 
 
-def find_problems(state: PageState, results: list[Result]) -> list[str]:
+def find_problems(state: PageState, results: list[Result], quoted: list[dict[str, Any]] | None = None) -> list[str]:
     """The checks of :func:`check_page` on an already inspected page."""
     problems = [f"console {line}" for line in state.console]
     for img in state.images:
@@ -211,17 +213,22 @@ def find_problems(state: PageState, results: list[Result]) -> list[str]:
     problems += [f"image {src} is not on the page" for src in sorted(missing)]
     shown: dict[tuple[str, str], list[float]] = {}
     for c in state.cells:
+        if c["kind"] == "quoted" and (c["result"] is not None or c["metric"] is not None):
+            problems.append(f"quoted table {c['table']} holds a measured cell ({c['result']}, {c['metric']})")
         if c["metric"] is not None and c["result"] is not None:
-            if c["kind"] == "quoted":
-                problems.append(f"quoted table {c['table']} holds a measured metric cell {c['metric']}")
-            shown.setdefault((c["result"], c["metric"]), []).append(float(c["value"]))
-        if c["kind"] == "quoted" and c["result"] is not None:
-            problems.append(f"quoted table {c['table']} holds a measured row {c['result']}")
+            value = float(c["value"])
+            shown.setdefault((c["result"], c["metric"]), []).append(value)
+            if c["text"] != fmt_metric(c["metric"], value):
+                problems.append(f"{c['result']}: metric {c['metric']} reads {c['text']!r} for value {value}")
     for r in results:
         for k, v in r.metrics.items():
             vals = shown.get((r.name, k))
             if not vals:
                 problems.append(f"{r.name}: metric {k} is not on the page")
-            elif any(not math.isclose(x, v, rel_tol=0, abs_tol=0) for x in vals):
+            elif any(x != v for x in vals):
                 problems.append(f"{r.name}: metric {k} shows {vals}, the result file says {v}")
+    quoted_cells = {(c["table"].removesuffix("-quoted"), c["text"]) for c in state.cells if c["kind"] == "quoted"}
+    for q in quoted or []:
+        if (q["benchmark"], q["figure"]) not in quoted_cells:
+            problems.append(f"quoted figure {q['figure']!r} ({q['benchmark']}) is not in a quoted table")
     return problems

@@ -38,11 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _browser_check(page: Path, results) -> int:
+def _browser_check(page: Path, results, quoted) -> int:
     from longvila.leaderboards.browser import BrowserError, check_page
 
     try:
-        problems = check_page(page, results)
+        problems = check_page(page, results, quoted)
     except (BrowserError, FileNotFoundError) as e:
         print(f"leaderboards: browser check could not run: {e}", file=sys.stderr)
         return 1
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{len(results)} valid result file(s) ({summary}); {len(quoted)} quoted anchor(s)")
             return 0
         if args.cmd == "check":
-            return _browser_check(args.out / "index.html", load_results(args.results))
+            return _browser_check(args.out / "index.html", load_results(args.results), load_quoted(args.quoted))
         report = build(args.results, args.out, args.quoted)
     except (ResultError, ValueError) as e:
         print(f"leaderboards: {e}", file=sys.stderr)
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             print("browser check skipped: chromium not installed (leaderboards/setup_browser.sh installs it)")
             return 0
     if args.check_browser != "no":
-        return _browser_check(report.html, report.results)
+        return _browser_check(report.html, report.results, load_quoted(args.quoted))
     return 0
 
 

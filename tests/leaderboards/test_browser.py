@@ -12,6 +12,7 @@ from longvila.leaderboards import build as B
 from longvila.leaderboards import cli
 from longvila.leaderboards.browser import check_page, find_chromium, find_problems, inspect_page
 from longvila.leaderboards.results import load_results
+from longvila.leaderboards.tables import load_quoted
 
 pytestmark = pytest.mark.browser
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "results"
@@ -51,7 +52,7 @@ def test_page_loads_clean_with_images_and_numbers(site):
     assert {k: shown[k] for k in expected} == expected
     quoted_text = [c["text"] for c in state.cells if c["kind"] == "quoted"]
     assert "99.8%" in quoted_text and "2.1x-5.7x" in quoted_text
-    assert find_problems(state, results) == []
+    assert find_problems(state, results, load_quoted()) == []
     assert cli.main(["check", "--results", str(out / "results"), "--out", str(out)]) == 0
     assert cli.main(["build", "--results", str(out / "results"), "--out", str(out), "--check-browser", "yes"]) == 0
 
@@ -64,8 +65,12 @@ def test_check_catches_broken_image_console_error_and_wrong_number(site, tmp_pat
     html = page.read_text()
     html = html.replace('data-metric="control" data-value="0.1">', 'data-metric="control" data-value="0.2">', 1)
     html = html.replace("</body>", "<script>console.error('boom')</script></body>")
+    html = html.replace("<td>99.5%</td>", "<td>99.4%</td>")  # a quoted figure typed wrong
+    html = html.replace('data-value="0.5">50.0%</td>', 'data-value="0.5">5.0%</td>', 1)  # text disagrees
     page.write_text(html)
-    problems = check_page(page, results)
+    problems = check_page(page, results, load_quoted())
+    assert any("quoted figure '99.5%' (needle) is not in a quoted table" in p for p in problems), problems
+    assert any("metric accuracy reads '5.0%' for value 0.5" in p for p in problems), problems
     assert any("assets/training-stage1.loss.png did not load" in p for p in problems), problems
     assert any("console" in p and "boom" in p for p in problems), problems
     assert any("needle-900: metric control shows [0.2, 0.1], the result file says 0.1" in p for p in problems), problems
