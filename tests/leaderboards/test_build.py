@@ -34,6 +34,7 @@ def test_markdown_matches_golden_and_rebuild_is_stable(site):
     out, res = site
     report = B.build(res, out)
     _check_golden("README.md", report.readme.read_text())
+    _check_golden("index.html", report.html.read_text())
     first = {p.name: p.read_bytes() for p in [report.readme, report.html, *report.assets]}
     B.build(res, out)
     assert {p.name: p.read_bytes() for p in [report.readme, report.html, *report.assets]} == first

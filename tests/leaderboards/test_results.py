@@ -149,3 +149,11 @@ def test_accuracy_like_metrics_must_be_fractions(tmp_path):
     with pytest.raises(R.ResultError, match=r"metrics\.acc@300' is an accuracy-like fraction .* got 93\.0"):
         R.write_result("pct", "needle", {"acc@300": 93.0}, results_dir=tmp_path)
     assert R.is_fraction("qa_accuracy") and R.is_fraction("acc_long@64") and not R.is_fraction("accumulate_steps")
+
+
+def test_plot_already_beside_the_result_is_kept(tmp_path):
+    img = _png(tmp_path / "r.heat.png")
+    before = img.read_bytes()
+    p = R.write_result("r", "needle", {"accuracy": 1.0}, plots={"heat": img}, results_dir=tmp_path)
+    assert R.load_result(p).plots == {"heat": img.resolve()} and img.read_bytes() == before
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["r.heat.png", "r.json"]
