@@ -1,0 +1,107 @@
+"""``longvila eval``: needle in a haystack and the VideoMME frame sweep from the command line.
+
+    longvila eval needle   --ckpt DIR --frames 6000 [--nproc 2] --out DIR
+    longvila eval videomme --ckpt DIR --out DIR [--frames 8,16,32,...] [--videomme-root DIR]
+    longvila eval build-videomme --out DIR      # only write the embedded benchmark (Video-MME layout)
+
+With ``--nproc > 1`` the needle grid runs on that many processes (gloo) and the long forward pass is
+sharded over them (MM-SP inference).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+
+def _ints(s: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(x) for x in s.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
+    if not vals or min(vals) < 1:
+        raise argparse.ArgumentTypeError(f"frame counts must be >= 1, got {s!r}")
+    return vals
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="longvila eval", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    n = sub.add_parser("needle", help="needle in a haystack over (frame counts x depths)")
+    n.add_argument("--ckpt", required=True, help="checkpoint folder (save_pretrained)")
+    n.add_argument("--frames", type=int, default=6000, help="largest haystack frame count")
+    n.add_argument("--steps", type=int, default=20, help="number of frame counts up to --frames")
+    n.add_argument("--needles", type=int, default=5, help="needles (codes) per cell")
+    n.add_argument("--nproc", type=int, default=1, help="ranks for the sharded forward pass")
+    n.add_argument("--video", default=None, help="a video file as the haystack (default: held-out world video)")
+    n.add_argument("--seed", type=int, default=0)
+    n.add_argument("--no-controls", action="store_true", help="skip the no-needle controls")
+    n.add_argument("--result-name", default=None, help="leaderboard result name ('' to skip)")
+    n.add_argument("--out", required=True)
+    v = sub.add_parser("videomme", help="VideoMME-format frame sweep (embedded benchmark or the real layout)")
+    v.add_argument("--ckpt", required=True)
+    v.add_argument("--frames", type=_ints, default=(8, 16, 32, 64, 128, 256, 512, 1024, 2048))
+    v.add_argument("--videomme-root", default=None, help="Video-MME layout folder (default: embedded set)")
+    v.add_argument("--videos-per-duration", type=int, default=20, help="embedded set size")
+    v.add_argument("--limit", type=int, default=None, help="first N questions only")
+    v.add_argument("--no-blind", action="store_true")
+    v.add_argument("--result-name", default=None)
+    v.add_argument("--out", required=True)
+    b = sub.add_parser("build-videomme", help="write the embedded benchmark in the Video-MME layout")
+    b.add_argument("--out", required=True)
+    b.add_argument("--videos-per-duration", type=int, default=20)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    command = "longvila eval " + shlex.join(sys.argv[2:] if argv is None else argv)
+    if args.cmd == "needle":
+        from longvila.eval import needle
+
+        cfg = needle.NeedleConfig(out=args.out, frames=args.frames, steps=args.steps, needles=args.needles,
+                                  seed=args.seed, video=args.video, controls=not args.no_controls,
+                                  nproc=args.nproc, result_name=args.result_name, command=command)
+        if args.nproc > 1:
+            from longvila.eval.needle_sp import run_sharded
+
+            summary = run_sharded(cfg, args.ckpt)
+        else:
+            summary = needle.run(cfg, ckpt=args.ckpt)
+        print(f"needle: accuracy {summary['accuracy']:.3f} over {summary['trials']} needles, no-needle control "
+              f"{summary['control_accuracy']:.3f} (chance {summary['chance']:.3f}); "
+              f"{summary['computed_cells']} cells computed, {summary['reused_cells']} reused, "
+              f"{summary['seconds']:.0f} s -> {Path(args.out) / 'needle.json'}")
+        for n, a in summary["accuracy_per_frames"].items():
+            print(f"  {int(n):>6} frames: {a:.3f}")
+        return 0
+    if args.cmd == "videomme":
+        from longvila.eval import videomme
+
+        cfg = videomme.VideoMMEConfig(
+            out=args.out, frames=args.frames, root=args.videomme_root, blind=not args.no_blind, limit=args.limit,
+            embedded=videomme.EmbeddedConfig(out=str(Path(args.out) / "bench"),
+                                             videos_per_duration=args.videos_per_duration),
+            result_name=args.result_name, command=command)
+        s = videomme.run(cfg, ckpt=args.ckpt)
+        keys = ["all", "duration/short", "duration/medium", "duration/long"]
+        print(f"videomme: {s['questions']} questions, chance {s['chance']:.2f}, "
+              f"blind {s['blind']['all'] if s['blind'] else float('nan'):.3f}, {s['seconds']:.0f} s")
+        print("  frames " + " ".join(f"{k.split('/')[-1]:>7}" for k in keys))
+        for n in s["frames"]:
+            print(f"  {n:>6} " + " ".join(f"{s['table'][str(n)].get(k, float('nan')):7.3f}" for k in keys))
+        return 0
+    if args.cmd == "build-videomme":
+        from longvila.eval import videomme
+
+        path = videomme.build_embedded(videomme.EmbeddedConfig(out=args.out,
+                                                               videos_per_duration=args.videos_per_duration))
+        print(f"wrote {path}")
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,282 @@
+"""Needle in a haystack for video: can the model find one frame among thousands?
+
+The haystack is a long held-out video of the synthetic world (``split="eval"``; or any video file the user
+names) sampled to N frames. A needle is a card with a 3-digit code handwritten with held-out digits
+(``world.code_image``; chance of a guess 1 in 1,000) inserted at depth d, so the model sees N + 1 frames;
+the question "What is the secret code shown in the video?" follows the video.
+
+Design choices:
+- Frames are encoded once: the haystack at the largest frame count, cached as safetensors keyed by
+  (video, frame count, model hash); a smaller count N takes N of those embeddings spread uniformly (linspace),
+  exactly as sampling N frames from the same video would. Needle cards are encoded per cell (a handful).
+- Score: teacher-forced exact match (``runner.teacher_forced_correct``): correct when the argmax at every
+  code digit equals the digit, which is what greedy generation would produce. All needles of a cell share
+  one prompt length and go through the LLM as one batch.
+- Controls in the same run: for every frame count, the same codes asked of the haystack with no needle
+  (must stay near chance, 0.1%), so a high score cannot come from a prior over codes.
+- Each cell is one JSON file written atomically as soon as it is scored, tagged with a signature of
+  everything that decides it (model hash, haystack, codes); a rerun skips cells whose file matches, so an
+  interrupted run resumes and a changed model recomputes.
+- With ``--nproc > 1`` the long forward pass is sharded over ranks by ``longvila.parallel`` (MM-SP
+  inference); rank 0 writes the files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from longvila.eval import base, prompts, runner
+
+from longvila.utils import atomic_write_json, progress, read_json
+
+CODE_DIGITS = 3
+
+
+@dataclass
+class NeedleConfig:
+    out: str = "artifacts/eval/needle"
+    frames: int = 6000  # largest frame count of the grid
+    steps: int = 20  # frame counts frames/steps, 2*frames/steps, ..., frames
+    depths: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    needles: int = 5  # needles (codes) per cell
+    seed: int = 0
+    video: str | None = None  # a user video file as the haystack (default: a held-out world video)
+    haystack_seed: int = 7  # eval-split world seed of the default haystack
+    cache_dir: str | None = None  # frame-embedding cache (default: <out>/cache)
+    controls: bool = True
+    nproc: int = 1
+    result_name: str | None = None  # leaderboard result name (default needle-<frames>); "" skips it
+    command: str | None = None
+    min_frames: int | None = None  # smallest count (default frames/steps)
+    extra: dict = field(default_factory=dict)
+
+
+def frame_counts(cfg: NeedleConfig) -> list[int]:
+    """Grid frame counts: ``steps`` evenly spaced counts ending at ``frames`` (6000, 20 -> 300, 600, ..., 6000)."""
+    if cfg.frames < 1 or cfg.steps < 1:
+        raise ValueError(f"frames ({cfg.frames}) and steps ({cfg.steps}) must be >= 1")
+    lo = cfg.min_frames or max(1, cfg.frames // cfg.steps)
+    counts = np.linspace(lo, cfg.frames, cfg.steps).round().astype(int)
+    return sorted({int(c) for c in counts})
+
+
+def needle_index(depth: float, n: int) -> int:
+    """Position of the needle among the N + 1 frames: depth 0 -> first frame, 1 -> last, else round(d * N)."""
+    if not 0.0 <= depth <= 1.0:
+        raise ValueError(f"depth must be in [0, 1], not {depth}")
+    return int(round(depth * n))
+
+
+def sample_indices(total: int, n: int) -> np.ndarray:
+    """Uniform (linspace) sample of n frame indices out of ``total`` (n <= total)."""
+    if n > total:
+        raise ValueError(f"cannot sample {n} frames from a video of {total} frames")
+    return np.linspace(0, total - 1, n).round().astype(int)
+
+
+def insert_needle(haystack: torch.Tensor, needle: torch.Tensor, depth: float) -> tuple[torch.Tensor, int]:
+    """haystack (N, T, D) + needle (T, D) -> visual tokens (N + 1, T, D) and the needle's frame index."""
+    i = needle_index(depth, haystack.shape[0])
+    return torch.cat([haystack[:i], needle[None], haystack[i:]]), i
+
+
+def cell_codes(seed: int, n: int, needles: int) -> list[str]:
+    """Distinct 3-digit codes for the cells at frame count n (shared by its depths and its control)."""
+    rng = np.random.default_rng([seed, n, 17])
+    picks = rng.choice(10**CODE_DIGITS, size=needles, replace=False)
+    return [f"{int(c):0{CODE_DIGITS}d}" for c in picks]
+
+
+def _haystack_frames(cfg: NeedleConfig, num_frames: int) -> np.ndarray:
+    """uint8 (num_frames, H, W, 3): the default eval-split world video, or the user's video sampled."""
+    if cfg.video:
+        from longvila.eval.videomme import read_video_frames
+
+        return read_video_frames(cfg.video, num_frames)
+    from longvila.data import world
+
+    return world.make_video(world.EVAL_SEED_BASE + cfg.haystack_seed, num_frames, split="eval").frames
+
+
+def _haystack_key(cfg: NeedleConfig) -> str:
+    if cfg.video:
+        p = Path(cfg.video)
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: haystack video not found")
+        st = p.stat()
+        return f"file:{p.resolve()}:{st.st_size}:{int(st.st_mtime)}"
+    return f"world:eval:{cfg.haystack_seed}"
+
+
+def _signature(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class _Scorer:
+    """Teacher-forced scoring on one process, or sharded over the ranks of an MM-SP group."""
+
+    def __init__(self, lm: runner.LoadedModel, sp_group=None):
+        self.lm, self.sp_group = lm, sp_group
+
+    def __call__(self, embeds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.sp_group is None:
+            return runner.teacher_forced_correct(self.lm, embeds, targets)
+        from longvila.parallel import sp_inference  # MM-SP inference (sharded prefill)
+
+        return sp_inference.teacher_forced_correct(self.lm.model, embeds, targets, self.sp_group)
+
+
+def score_cell(lm: runner.LoadedModel, scorer, hay: torch.Tensor, codes: list[str], depth: float | None,
+               needle_emb: torch.Tensor | None) -> tuple[list[bool], list[int]]:
+    """Score every code of one cell in one batch.
+
+    hay (N, T, D); needle_emb (len(codes), T, D) or None for the control (no needle). Returns per-code
+    correctness and the needle frame indices (empty for the control).
+    """
+    n_vis = hay.shape[0] + (0 if depth is None else 1)
+    prompt = runner.prompt_ids(lm, prompts.needle_question(), n_vis)
+    ans = torch.tensor([runner.answer_ids(lm, c) for c in codes])  # (B, k)
+    if ans.shape[1] != CODE_DIGITS:
+        raise ValueError(f"the tokenizer splits a {CODE_DIGITS}-digit code into {ans.shape[1]} tokens, "
+                         f"expected one token per digit")
+    ids = torch.cat([prompt.expand(len(codes), -1), ans], dim=1)  # (B, L)
+    rows, where = [], []
+    for b in range(len(codes)):
+        if depth is None:
+            vis = hay
+        else:
+            vis, i = insert_needle(hay, needle_emb[b], depth)
+            where.append(i)
+        rows.append(runner.embed(lm, ids[b:b + 1], vis))
+    correct = scorer(torch.cat(rows), ans)
+    return [bool(c) for c in correct], where
+
+
+def run(cfg: NeedleConfig, lm: runner.LoadedModel | None = None, ckpt: str | None = None,
+        sp_group=None, rank: int = 0) -> dict:
+    """Run (or resume) the grid; returns the summary written to ``<out>/needle.json``."""
+    from longvila.data import world
+
+    if lm is None:
+        if ckpt is None:
+            raise ValueError("needle.run: give a loaded model or a checkpoint folder")
+        lm = runner.load_model(ckpt)
+    out = Path(cfg.out)
+    cells_dir = out / "cells"
+    counts = frame_counts(cfg)
+    hay_key = _haystack_key(cfg)
+    t0 = time.time()
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
+    full, hit = runner.cached_embeddings(lm, cache, hay_key, cfg.frames, lambda: _haystack_frames(cfg, cfg.frames))
+    scorer = _Scorer(lm, sp_group)
+    units = [(n, d) for n in counts for d in cfg.depths] + ([(n, None) for n in counts] if cfg.controls else [])
+    computed = 0
+    cells = []
+    for n, depth in progress(units, desc="needle grid", unit="cell"):
+        codes = cell_codes(cfg.seed, n, cfg.needles)
+        tag = "control" if depth is None else f"d{depth:.2f}"
+        path = cells_dir / f"f{n:05d}-{tag}.json"
+        sig = _signature(lm.model_hash, hay_key, cfg.frames, n, depth, codes, cfg.seed)
+        if path.is_file():
+            try:
+                cell = read_json(path)
+                if cell.get("signature") == sig:
+                    cells.append(cell)
+                    continue
+            except ValueError:
+                pass  # a corrupt cell file is recomputed
+        hay = full[torch.from_numpy(sample_indices(cfg.frames, n))]
+        needle_emb = None
+        if depth is not None:
+            cards = np.stack([world.code_image(c, "eval", np.random.default_rng([cfg.seed, n, int(c)]))
+                              for c in codes])
+            needle_emb = runner.encode_frames(lm, cards)[:, :, :]
+            needle_emb = needle_emb.reshape(len(codes), *needle_emb.shape[1:])
+        correct, where = score_cell(lm, scorer, hay, codes, depth, needle_emb)
+        cell = {"frames": n, "depth": depth, "control": depth is None, "codes": codes, "correct": correct,
+                "needle_frame": where, "accuracy": base.accuracy(sum(correct), len(correct)),
+                "signature": sig}
+        if rank == 0:
+            atomic_write_json(path, cell)
+        computed += 1
+        cells.append(cell)
+    summary = summarize(cfg, cells, counts)
+    summary.update(computed_cells=computed, reused_cells=len(units) - computed, embeddings_cached=hit,
+                   seconds=round(time.time() - t0, 2), model_hash=lm.model_hash, haystack=hay_key)
+    if rank == 0:
+        write_outputs(cfg, summary, lm)
+    return summary
+
+
+def summarize(cfg: NeedleConfig, cells: list[dict], counts: list[int]) -> dict:
+    grid = [[None] * len(counts) for _ in cfg.depths]
+    per_frames, control = {}, {}
+    for c in cells:
+        j = counts.index(c["frames"])
+        if c["control"]:
+            control[c["frames"]] = c
+        else:
+            grid[list(cfg.depths).index(c["depth"])][j] = c["accuracy"]
+    for n in counts:
+        col = [c for c in cells if c["frames"] == n and not c["control"]]
+        k = sum(sum(c["correct"]) for c in col)
+        per_frames[str(n)] = base.accuracy(k, sum(len(c["correct"]) for c in col))
+    hits = [x for c in cells if not c["control"] for x in c["correct"]]
+    ctrl = [x for c in cells if c["control"] for x in c["correct"]]
+    return {"frame_counts": counts, "depths": list(cfg.depths), "grid": grid, "accuracy_per_frames": per_frames,
+            "accuracy": base.accuracy(sum(hits), len(hits)), "trials": len(hits),
+            "control_accuracy": base.accuracy(sum(ctrl), len(ctrl)), "control_trials": len(ctrl),
+            "chance": 1 / 10**CODE_DIGITS, "config": {k: v for k, v in asdict(cfg).items() if k != "extra"}}
+
+
+def write_outputs(cfg: NeedleConfig, summary: dict, lm: runner.LoadedModel) -> None:
+    """needle.json (all accuracies), heatmap.png (depth x frames), per_frames.png, and the result file."""
+    out = Path(cfg.out)
+    atomic_write_json(out / "needle.json", summary)
+    plt = base.plt()
+    counts, grid = summary["frame_counts"], np.array(summary["grid"], dtype=float)
+    fig, ax = plt.subplots(figsize=(max(6, len(counts) * 0.5), 3.2))
+    im = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
+    ax.set_xticks(range(len(counts)), [str(c) for c in counts], rotation=60, fontsize=7)
+    ax.set_yticks(range(len(summary["depths"])), [f"{d:.0%}" for d in summary["depths"]])
+    ax.set_xlabel("frames in the haystack")
+    ax.set_ylabel("needle depth")
+    ax.set_title(f"needle in a haystack: {summary['accuracy']:.1%} "
+                 f"(no-needle control {summary['control_accuracy']:.1%})", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.03)
+    fig.tight_layout()
+    heat = out / "heatmap.png"
+    fig.savefig(heat, dpi=120)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot(counts, [summary["accuracy_per_frames"][str(c)] for c in counts], "o-", label="needle")
+    ax.axhline(summary["chance"], color="gray", ls="--", label="chance")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("frames")
+    ax.set_ylabel("accuracy")
+    ax.legend()
+    fig.tight_layout()
+    curve = out / "per_frames.png"
+    fig.savefig(curve, dpi=120)
+    plt.close(fig)
+    name = cfg.result_name if cfg.result_name is not None else f"needle-{cfg.frames}"
+    if name:
+        from longvila.leaderboards.results import write_result
+
+        metrics = {"accuracy": summary["accuracy"], "control": summary["control_accuracy"], "frames": cfg.frames}
+        metrics.update({f"acc@{n}": a for n, a in summary["accuracy_per_frames"].items()})
+        write_result(name, "needle", metrics, details={k: summary[k] for k in (
+            "frame_counts", "depths", "grid", "trials", "control_trials", "chance", "seconds")},
+            config={"model": str(lm.ckpt), "model_hash": lm.model_hash, **summary["config"]},
+            seed=cfg.seed, command=cfg.command, plots={"heatmap": heat, "per_frames": curve},
+            results_dir=os.environ.get("LONGVILA_RESULTS_DIR"))
+
+
+base.register("needle", NeedleConfig, "needle in a haystack over (frames x depth)")(run)

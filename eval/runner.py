@@ -1,0 +1,158 @@
+"""The model side of every evaluation: load a checkpoint, encode frames once, score and generate.
+
+Design choices:
+- The evaluations touch the model only through the contract in docs/design.md: ``encode_frames``,
+  ``merge_visual_tokens``, ``language_model`` and the processor's ``preprocess_frames`` / ``build_prompt``.
+  Visual tokens are merged here, so embeddings computed once (and cached) serve every prompt built on them.
+- Frame embeddings are cached as safetensors files keyed by (video key, frame count, model hash); the key is
+  also stored in the file's metadata and checked on read, so a stale or foreign cache file is recomputed,
+  never silently used.
+- Teacher-forced exact match: the answer is appended to the prompt and the answer is correct when the argmax
+  at every answer position equals the answer token. For a fixed-length answer this is exactly "greedy
+  generation reproduces the answer", at the cost of one forward pass for a whole batch of needles.
+- Only the last few positions go through the LM head (``logits_to_keep``): a 6,000-token prompt then costs
+  a (B, k, vocab) logits tensor, not (B, 6000, vocab).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from longvila.utils import atomic_write_bytes, sha256_file
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    processor: object
+    ckpt: Path
+    model_hash: str
+
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
+    @property
+    def eos_ids(self) -> list[int]:
+        tok = self.tokenizer
+        ids = [tok.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+        return [i for i in ids if isinstance(i, int) and i >= 0]
+
+
+def model_hash(ckpt: str | os.PathLike) -> str:
+    """First 16 hex digits of the sha256 over the checkpoint's weight files (safetensors) and config."""
+    ckpt = Path(ckpt)
+    files = sorted(ckpt.glob("*.safetensors")) + sorted(ckpt.glob("config.json"))
+    if not files:
+        raise FileNotFoundError(f"{ckpt}: no *.safetensors weights (is this a saved LongVILA checkpoint?)")
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + sha256_file(f).encode())
+    return h.hexdigest()[:16]
+
+
+def load_model(ckpt: str | os.PathLike, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """Load a ``save_pretrained`` LongVILA checkpoint (model + processor) for inference."""
+    from longvila.model import LongVILAForCausalLM, LongVILAProcessor
+
+    ckpt = Path(ckpt)
+    if not (ckpt / "config.json").is_file():
+        raise FileNotFoundError(f"{ckpt}: not a checkpoint folder (no config.json)")
+    digest = model_hash(ckpt)
+    model = LongVILAForCausalLM.from_pretrained(ckpt, dtype=dtype).eval()
+    processor = LongVILAProcessor.from_pretrained(ckpt)
+    return LoadedModel(model, processor, ckpt, digest)
+
+
+@torch.inference_mode()
+def encode_frames(lm: LoadedModel, frames: np.ndarray, batch: int = 256,
+                  desc: str | None = None) -> torch.Tensor:
+    """uint8 frames (N, H, W, 3) -> visual tokens (N, T, D), encoded in batches of ``batch`` frames."""
+    from longvila.utils import progress
+
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"encode_frames: expected uint8 (N, H, W, 3) frames, got {frames.dtype} {frames.shape}")
+    chunks = range(0, len(frames), batch)
+    if desc:
+        chunks = progress(chunks, desc=desc, total=len(chunks), unit="batch")
+    out = [lm.model.encode_frames(lm.processor.preprocess_frames(frames[i:i + batch])) for i in chunks]
+    return torch.cat(out).float()
+
+
+def cached_embeddings(lm: LoadedModel, cache_dir: str | os.PathLike, video_key: str, num_frames: int,
+                      frames_fn: Callable[[], np.ndarray], exact: bool = True) -> tuple[torch.Tensor, bool]:
+    """Visual tokens (n, T, D) of a video sampled to ``num_frames``, from the cache or computed once and cached.
+
+    Returns (embeddings, hit). ``frames_fn()`` is called only on a miss and returns (n, H, W, 3) frames;
+    n == num_frames unless ``exact`` is False (a video shorter than the count gives all its frames).
+    """
+    from safetensors import safe_open
+    from safetensors.torch import save
+
+    safe_key = hashlib.sha256(video_key.encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f"emb-{safe_key}-{num_frames}f-{lm.model_hash}.safetensors"
+    meta = {"video": video_key, "num_frames": str(num_frames), "model_hash": lm.model_hash}
+    if path.is_file():
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                if f.metadata() == meta:
+                    emb = f.get_tensor("embeddings")
+                    if emb.shape[0] == num_frames or not exact:
+                        return emb, True
+        except Exception:  # noqa: BLE001 - a corrupt cache file is recomputed below
+            pass
+    frames = frames_fn()
+    if exact and len(frames) != num_frames:
+        raise ValueError(f"{video_key}: expected {num_frames} frames, got {len(frames)}")
+    emb = encode_frames(lm, frames, desc=f"encode {len(frames)} frames")
+    atomic_write_bytes(path, save({"embeddings": emb.contiguous()}, metadata=meta))
+    return emb, False
+
+
+def prompt_ids(lm: LoadedModel, question: str, num_frames: int | None) -> torch.Tensor:
+    """Prompt ids (L,) for a question after ``num_frames`` frames (``None``: no video), ending with the
+    assistant header."""
+    ids = lm.processor.build_prompt(question, num_frames)
+    return torch.as_tensor(ids, dtype=torch.long).reshape(-1)
+
+
+def answer_ids(lm: LoadedModel, answer: str) -> list[int]:
+    return list(lm.tokenizer.encode(answer, add_special_tokens=False))
+
+
+@torch.inference_mode()
+def embed(lm: LoadedModel, input_ids: torch.Tensor, visual: torch.Tensor | None) -> torch.Tensor:
+    """input_ids (B, L) + visual tokens (N, T, D) for all rows -> inputs_embeds (B, L, D)."""
+    if visual is None:
+        return lm.model.language_model.get_input_embeddings()(input_ids)
+    return lm.model.merge_visual_tokens(input_ids, visual.to(lm.model.dtype))
+
+
+@torch.inference_mode()
+def teacher_forced_correct(lm: LoadedModel, inputs_embeds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Exact match by teacher forcing.
+
+    inputs_embeds (B, L, D) whose last k positions embed the answers ``targets`` (B, k) -> bool (B,): the
+    argmax at each of the k positions before every answer token equals that token.
+    """
+    k = targets.shape[1]
+    out = lm.model.language_model(inputs_embeds=inputs_embeds, logits_to_keep=k + 1, use_cache=False)
+    pred = out.logits[:, :k].argmax(-1)
+    return (pred == targets).all(-1)
+
+
+@torch.inference_mode()
+def generate(lm: LoadedModel, inputs_embeds: torch.Tensor, max_new_tokens: int = 8) -> str:
+    """Greedy continuation of one prompt, inputs_embeds (1, L, D) -> decoded text (special tokens removed)."""
+    mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long)
+    out = lm.model.language_model.generate(
+        inputs_embeds=inputs_embeds, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+        eos_token_id=lm.eos_ids, pad_token_id=lm.eos_ids[-1] if lm.eos_ids else None)
+    return lm.tokenizer.decode(out[0], skip_special_tokens=True).strip()

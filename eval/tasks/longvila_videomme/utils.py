@@ -1,0 +1,59 @@
+"""lmms-eval hooks for the embedded VideoMME-format benchmark (task ``longvila_videomme``).
+
+Prompt and letter extraction come from ``longvila.eval.prompts`` so lmms-eval scores exactly as
+``longvila eval videomme`` does. Per-duration accuracies aggregate only the questions of that duration
+(NaN when a ``--limit`` run has none).
+"""
+
+import os
+from pathlib import Path
+
+from longvila.eval import prompts
+
+ROOT_ENV = "LONGVILA_VIDEOMME_ROOT"
+DEFAULT_ROOT = "artifacts/eval/videomme/bench"
+
+
+def video_path(doc) -> str:
+    root = Path(os.environ.get(ROOT_ENV, DEFAULT_ROOT))
+    path = root / "data" / f"{doc['videoID']}.mp4"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: video of question {doc['question_id']} not found "
+                                f"(set {ROOT_ENV} to the benchmark folder)")
+    return str(path.resolve())
+
+
+def doc_to_visual(doc):
+    return [video_path(doc)]
+
+
+def doc_to_text(doc, lmms_eval_specific_kwargs=None):
+    return prompts.videomme_prompt(doc["question"], list(doc["options"]))
+
+
+def process_results(doc, results):
+    pred = prompts.extract_letter(results[0])
+    rec = {"question_id": doc["question_id"], "duration": doc["duration"], "pred": pred,
+           "answer": doc["answer"], "correct": pred == doc["answer"]}
+    return {"accuracy": rec, "acc_short": rec, "acc_medium": rec, "acc_long": rec}
+
+
+def _acc(results, duration=None):
+    sel = [r["correct"] for r in results if duration is None or r["duration"] == duration]
+    return sum(sel) / len(sel) if sel else float("nan")
+
+
+def aggregate_all(results):
+    return _acc(results)
+
+
+def aggregate_short(results):
+    return _acc(results, "short")
+
+
+def aggregate_medium(results):
+    return _acc(results, "medium")
+
+
+def aggregate_long(results):
+    return _acc(results, "long")

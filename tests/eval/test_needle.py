@@ -1,0 +1,142 @@
+"""Needle in a haystack: grid construction, needle placement, scoring, controls, resume, outputs."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from longvila.data import world
+from longvila.eval import needle, runner
+
+
+def test_frame_counts_default_grid():
+    cfg = needle.NeedleConfig(frames=6000, steps=20)
+    assert needle.frame_counts(cfg) == list(range(300, 6001, 300))
+    assert needle.frame_counts(needle.NeedleConfig(frames=10, steps=3)) == [3, 6, 10]
+    with pytest.raises(ValueError, match="steps"):
+        needle.frame_counts(needle.NeedleConfig(frames=10, steps=0))
+
+
+@pytest.mark.parametrize("depth,expected", [(0.0, 0), (0.2, 20), (0.4, 40), (0.6, 60), (0.8, 80), (1.0, 100)])
+def test_needle_lands_at_depth(depth, expected):
+    n, T, D = 100, 2, 3
+    hay = torch.arange(n, dtype=torch.float).view(n, 1, 1).expand(n, T, D)
+    marker = torch.full((T, D), -1.0)
+    vis, i = needle.insert_needle(hay, marker, depth)
+    assert i == expected and vis.shape == (n + 1, T, D)
+    assert (vis[i] == -1).all() and int((vis[:, 0, 0] == -1).sum()) == 1
+    # the haystack keeps its order around the needle
+    rest = torch.cat([vis[:i], vis[i + 1:]])[:, 0, 0]
+    assert torch.equal(rest, torch.arange(n, dtype=torch.float))
+
+
+def test_bad_depth():
+    with pytest.raises(ValueError, match="depth"):
+        needle.needle_index(1.5, 10)
+
+
+def test_needle_lands_at_its_token(tiny_lm):
+    """In the merged sequence the needle's visual tokens sit at the <image> slot of frame round(d * N)."""
+    n, depth = 10, 0.6
+    tpf = tiny_lm.model.config.tokens_per_frame
+    D = tiny_lm.model.config.text_config.hidden_size
+    hay = torch.zeros(n, tpf, D)
+    vis, i = needle.insert_needle(hay, torch.ones(tpf, D), depth)
+    ids = runner.prompt_ids(tiny_lm, "Q?", n + 1)
+    emb = runner.embed(tiny_lm, ids[None], vis)[0]
+    slots = (ids == tiny_lm.model.config.image_token_id).nonzero().flatten()
+    hit = slots[i * tpf:(i + 1) * tpf]
+    assert (emb[hit] == 1).all()
+    assert not (emb[slots[: i * tpf]] == 1).all(-1).any() and not (emb[slots[(i + 1) * tpf:]] == 1).all(-1).any()
+
+
+def test_cell_codes_distinct_three_digits():
+    codes = needle.cell_codes(0, 300, 8)
+    assert len(set(codes)) == 8 and all(len(c) == 3 and c.isdigit() for c in codes)
+    assert codes == needle.cell_codes(0, 300, 8) and codes != needle.cell_codes(1, 300, 8)
+
+
+def test_teacher_forced_equals_greedy(tiny_lm):
+    """Teacher-forced exact match is true exactly for the continuation greedy generation produces."""
+    torch.manual_seed(1)
+    vis = torch.randn(6, tiny_lm.model.config.tokens_per_frame, tiny_lm.model.config.text_config.hidden_size)
+    prompt = runner.prompt_ids(tiny_lm, "Q?", 6)
+    emb = runner.embed(tiny_lm, prompt[None], vis)
+    out = tiny_lm.model.language_model.generate(inputs_embeds=emb, max_new_tokens=3, do_sample=False,
+                                                min_new_tokens=3, eos_token_id=None, pad_token_id=0)
+    greedy = out[0, -3:]
+    wrong = greedy.clone()
+    wrong[2] = (wrong[2] + 1) % tiny_lm.model.config.text_config.vocab_size
+    targets = torch.stack([greedy, wrong])
+    ids = torch.cat([prompt.expand(2, -1), targets], dim=1)
+    embeds = torch.cat([runner.embed(tiny_lm, ids[b:b + 1], vis) for b in range(2)])
+    assert runner.teacher_forced_correct(tiny_lm, embeds, targets).tolist() == [True, False]
+
+
+def _cfg(tmp_path, **kw):
+    base = dict(out=str(tmp_path / "needle"), frames=40, steps=2, needles=3, depths=(0.0, 0.5, 1.0), seed=0)
+    base.update(kw)
+    return needle.NeedleConfig(**base)
+
+
+def test_grid_oracle_and_control(tiny_lm, tmp_path, monkeypatch):
+    """With a scorer that finds the card, needles score 1.0 and the no-needle controls 0.0."""
+    def oracle(self, embeds, targets):
+        # A row is correct iff one of its positions holds the visual token of that code's card.
+        ok = []
+        for b in range(len(targets)):
+            code = tiny_lm.tokenizer.decode(targets[b].tolist())
+            cards = [world.code_image(code, "eval", np.random.default_rng([0, n, int(code)]))
+                     for n in needle.frame_counts(_cfg(tmp_path))]
+            tokens = runner.encode_frames(tiny_lm, np.stack(cards)).flatten(0, 1)  # (cards * T, D)
+            ok.append(bool((embeds[b][:, None] - tokens[None]).abs().amax(-1).lt(1e-5).any()))
+        return torch.tensor(ok)
+
+    monkeypatch.setattr(needle._Scorer, "__call__", oracle)
+    s = needle.run(_cfg(tmp_path), lm=tiny_lm)
+    assert s["accuracy"] == 1.0 and s["trials"] == 2 * 3 * 3
+    assert s["control_accuracy"] == 0.0 and s["control_trials"] == 2 * 3
+    assert s["grid"] == [[1.0, 1.0]] * 3
+    assert (tmp_path / "needle" / "heatmap.png").stat().st_size > 1000
+    res = json.loads((tmp_path / "results" / "needle-40.json").read_text())
+    assert res["metrics"]["accuracy"] == 1.0 and res["metrics"]["control"] == 0.0
+    assert res["metrics"]["acc@40"] == 1.0 and "heatmap" in res["plots"]
+
+
+def test_resume_computes_only_missing_cells(tiny_lm, tmp_path, monkeypatch):
+    cfg = _cfg(tmp_path, result_name="")
+    calls = []
+    real = needle._Scorer.__call__
+
+    def flaky(self, embeds, targets):
+        if len(calls) == 4:
+            raise KeyboardInterrupt("killed")
+        calls.append(1)
+        return real(self, embeds, targets)
+
+    monkeypatch.setattr(needle._Scorer, "__call__", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        needle.run(cfg, lm=tiny_lm)
+    cells = sorted((tmp_path / "needle" / "cells").glob("*.json"))
+    assert len(cells) == 4  # written as it went, atomically (no temp files left)
+    assert not list((tmp_path / "needle" / "cells").glob(".*"))
+    monkeypatch.setattr(needle._Scorer, "__call__", real)
+    s = needle.run(cfg, lm=tiny_lm)
+    total = 2 * 3 + 2
+    assert s["computed_cells"] == total - 4 and s["reused_cells"] == 4 and s["embeddings_cached"]
+    again = needle.run(cfg, lm=tiny_lm)
+    assert again["computed_cells"] == 0 and again["grid"] == s["grid"]
+    # a different seed changes the codes: every cell is recomputed, none reused by mistake
+    other = needle.run(_cfg(tmp_path, result_name="", seed=5), lm=tiny_lm)
+    assert other["computed_cells"] == total
+
+
+def test_user_video_too_short(tiny_lm, tmp_path):
+    from longvila.eval.videomme import write_mp4
+
+    video = tmp_path / "hay.mp4"
+    write_mp4(video, np.zeros((12, 32, 32, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"hay.mp4: video has 12 frames, 40 asked"):
+        needle.run(_cfg(tmp_path, video=str(video)), lm=tiny_lm)
+    with pytest.raises(FileNotFoundError, match="missing.mp4: haystack video not found"):
+        needle.run(_cfg(tmp_path, video=str(tmp_path / "missing.mp4")), lm=tiny_lm)
