@@ -54,6 +54,7 @@ class Cell:
     value: float | None = None  # the raw number behind a formatted metric
     metric: str | None = None
     code: bool = False  # a command
+    wrap: bool = False  # long free text (model / config) that may wrap in a narrow column
     href: str | None = None
 
 
@@ -189,7 +190,7 @@ def _measured_table(benchmark: str, results: list[Result]) -> Table:
         for m in cols:
             cells.append(Cell(fmt_metric(m, r.metrics[m]), r.metrics[m], m) if m in r.metrics else Cell("-"))
         cells += [
-            Cell(_frames(r)), Cell(_model_config(r)), Cell("-" if r.seed is None else str(r.seed)),
+            Cell(_frames(r)), Cell(_model_config(r), wrap=True), Cell("-" if r.seed is None else str(r.seed)),
             Cell(_machine(r)), Cell(r.date[:10]), Cell(r.commit),
             Cell(r.command, code=True) if r.command else Cell("-"),
         ]
@@ -252,7 +253,7 @@ def summary_table(results: list[Result]) -> Table:
             m = next((m for m in SUMMARY_METRIC.get(b, []) if m in r.metrics), _headline_metrics(b, [r])[0])
             rows.append([
                 Cell(TITLES.get(b, b)), Cell(r.name), Cell(m), Cell(fmt_metric(m, r.metrics[m]), r.metrics[m], m),
-                Cell(_frames(r)), Cell(_model_config(r)), Cell(r.date[:10]), Cell(r.commit),
+                Cell(_frames(r)), Cell(_model_config(r), wrap=True), Cell(r.date[:10]), Cell(r.commit),
                 Cell(r.command, code=True) if r.command else Cell("-"),
             ])
             ids.append(r.name)
