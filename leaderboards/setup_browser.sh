@@ -14,4 +14,4 @@ fi
 if ! "$VENV/bin/python" -c "import websocket" >/dev/null 2>&1; then
     "$VENV/bin/python" -m pip install -q -c constraints.txt "websocket-client>=1.6"
 fi
-echo "browser check ready: $(chromium --version)"
+echo "browser check ready: $(chromium --version 2>/dev/null)"
