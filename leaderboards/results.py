@@ -31,10 +31,11 @@ Metric naming conventions the leaderboard tables understand (other names are sho
   names the model/config.
 - Per benchmark: ``needle``: accuracy, control, acc@N (grid cells in ``details``);
   ``videomme``: accuracy, acc@N, acc_short / acc_medium / acc_long, acc_<task type>, blind, chance;
-  ``sp_bench``: ``time_<method>_s`` timings and ``speedup_<a>_vs_<b>`` ratios;
+  ``sp_bench``: ``time_<method>_s`` timings (shown in s) and ``speedup_<a>_vs_<b>`` / ``*_ratio`` (shown as x);
   ``data_bench``: decode_fps_decord, decode_fps_pyav, build_videos_per_s;
-  ``training``: steps, tokens, time_s, loss_first, loss_last, qa_accuracy (one file per stage; loss curve
-  in ``details["loss"]``).
+  ``training``: steps, tokens, time_s, loss_first, loss_last, qa_accuracy (one file per stage, e.g.
+  ``training-stage1``; loss curve in ``details["loss"]`` as a list of losses, ``[[step, loss], ...]`` or
+  ``{"step": [...], "loss": [...]}``, drawn on one chart with the other stages).
 
 Design choices: validation is strict (required fields, types, finite numbers, known benchmarks, no unknown
 top-level fields) and every error names the file and the field, because a malformed result must stop the
