@@ -190,7 +190,9 @@ def compose_questions(clips: Sequence[str] | Sequence[Sequence[Event | dict]], s
 
     for t in types:
         if t == "summary":
-            out.append(QA("summary", "Summarize the events in the video in order.", " ".join(caps)))
+            # state sentences ("A red circle is at the left.") repeat what earlier clips said: left out
+            summary = " ".join(s for _, s in sents if (f := parse_sentence(s)) is None or f["kind"] != "present")
+            out.append(QA("summary", "Summarize the events in the video in order.", summary))
         elif t == "sub_event" and len(caps) > 1:
             for k in pick(len(caps)):
                 out.append(_qa(rng, "sub_event", f"Describe clip {k + 1} of {len(caps)} of the video.",

@@ -119,6 +119,7 @@ class WorldOptions:
     code: str | None = None  # a needle code shown as a card ...
     code_frame: int | None = None  # ... at this frame (random if None)
     code_frames: int = 1  # ... for this many frames
+    render: bool = True  # False: event log only, ``frames`` is empty (0, H, W, 3) (text-only uses)
 
 
 # --------------------------------------------------------------------------------------------- assets
@@ -315,7 +316,7 @@ def make_video(seed: int, num_frames: int, split: str = "train", **opts: Any) ->
         raise ValueError(f"num_frames must be >= 1, not {num_frames}")
     rng = np.random.default_rng([int(seed), _split_id(split)])
     H, W = o.height, o.width
-    frames = np.empty((num_frames, H, W, 3), np.uint8)
+    frames = np.empty((num_frames if o.render else 0, H, W, 3), np.uint8)
     events: list[Event] = []
     next_id = 0
     digit_index: dict[int, int] = {}
@@ -333,7 +334,7 @@ def make_video(seed: int, num_frames: int, split: str = "train", **opts: Any) ->
     while f < num_frames:
         end = min(num_frames, f + int(rng.integers(o.scene_frames[0], o.scene_frames[1] + 1)))
         bg_name = str(rng.choice(list(BACKGROUND_RGB) + ["textured", "photo"]))
-        bg = _background(bg_name, rng, H, W)
+        bg = _background(bg_name, rng, H, W)  # drawn even when not rendering: keeps the stream identical
         log(f, "cut", background=bg_name)
         objects: dict[int, dict] = {}
         for t in range(f, end):
@@ -382,6 +383,8 @@ def make_video(seed: int, num_frames: int, split: str = "train", **opts: Any) ->
             for ob in objects.values():
                 if "target" in ob and ob["t0"] != t:
                     _step(ob, t, H, W)
+            if not o.render:
+                continue
             frame = bg.copy()
             for ob in objects.values():
                 draw(frame, _object_ink(ob, H), *ob["xy"], COLOR_RGB[ob["color"]])
@@ -394,7 +397,8 @@ def make_video(seed: int, num_frames: int, split: str = "train", **opts: Any) ->
         if not 0 <= at <= num_frames - n:
             raise ValueError(f"code_frame {at} with code_frames {n} does not fit in {num_frames} frames")
         card = code_image(o.code, split, rng, H, W)
-        frames[at:at + n] = card
+        if o.render:
+            frames[at:at + n] = card
         events.append(Event(frame=at, time=round(at / o.fps, 3), kind="code", code=o.code, end_frame=at + n - 1))
         events.sort(key=lambda e: (e.frame, e.kind != "cut"))
     return Video(frames=frames, events=events, fps=o.fps, seed=int(seed), split=split,
