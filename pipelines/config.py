@@ -60,11 +60,12 @@ class Phase:
 
 @dataclass(frozen=True)
 class DataCfg:
-    sets: tuple[str, ...] = ("image_caption",)  # set folders under --data
+    sets: tuple[str, ...] = ("align",)  # set folders under --data
     frames: int = 8  # frames sampled per video (uniformly over its length)
     seq_len: int = 512  # tokens per packed row (text-only sets) / cap for one sample
     batch: int = 8  # samples per micro-batch per data-parallel rank
     curriculum: tuple[Phase, ...] = ()  # overrides frames/batch/steps phase by phase when set
+    needle_frac: float = 0.0  # share of each micro-batch made of synthetic needle-in-a-haystack samples
     workers: int = 0  # loader worker processes
 
 
@@ -169,7 +170,7 @@ def stage1() -> StageConfig:
         stage=1,
         name="align",
         model=ModelCfg(train=("mm_projector",)),
-        data=DataCfg(sets=("image_caption",), frames=1, seq_len=256, batch=16),
+        data=DataCfg(sets=("align",), frames=1, seq_len=256, batch=16),
         optim=OptimCfg(lr=2e-3),
         schedule=ScheduleCfg(steps=60, warmup_steps=5, kind="cosine"),
         checkpoint=CheckpointCfg(every_steps=30),
@@ -184,7 +185,7 @@ def stage2() -> StageConfig:
         stage=2,
         name="pretrain",
         model=replace(s.model, train=("mm_projector", "language_model")),
-        data=replace(s.data, sets=("image_caption", "interleaved"), seq_len=512, batch=8),
+        data=replace(s.data, sets=("pretrain",), seq_len=512, batch=8),
         optim=replace(s.optim, lr=1e-3, weight_decay=0.01),
         schedule=replace(s.schedule, steps=120, warmup_steps=10),
     )
@@ -198,7 +199,7 @@ def stage3() -> StageConfig:
         stage=3,
         name="short_sft",
         model=replace(s.model, train=MODULES),
-        data=replace(s.data, sets=("image_qa", "short_video_qa"), frames=8, batch=8),
+        data=replace(s.data, sets=("short_sft",), frames=8, batch=8),
         optim=replace(s.optim, lr=5e-4),
         schedule=replace(s.schedule, steps=150, warmup_steps=10),
         eval=EvalCfg(set="short_sft_eval", frames=8),
@@ -218,7 +219,7 @@ def stage4() -> StageConfig:
             rope_schedule=rope_schedule(TINY_BASE_POSITIONS, TINY_BASE_THETA),
             context_length=8192,
         ),
-        data=replace(s.data, sets=("long_text",), frames=0, seq_len=4096, batch=1),
+        data=replace(s.data, sets=("context_ext",), frames=0, seq_len=8192, batch=1),
         optim=replace(s.optim, lr=3e-4),
         schedule=replace(s.schedule, steps=30, warmup_steps=3),
         parallel=replace(s.parallel, sp_ring=2),
@@ -237,7 +238,8 @@ def stage5() -> StageConfig:
         model=replace(s.model, train=MODULES, rope_schedule=(), context_length=0),
         data=replace(
             s.data,
-            sets=("long_video_sft",),
+            sets=("long_sft",),
+            needle_frac=0.5,
             curriculum=(
                 Phase(frames=32, batch=16, steps=60),
                 Phase(frames=64, batch=8, steps=60),

@@ -89,10 +89,19 @@ def make_task(cfg: StageConfig, data_root: str | Path) -> Task:
     from longvila.pipelines import datasource
 
     data_root = Path(data_root)
+    state: dict[str, Any] = {}
+
+    def build(init: Path | None, ctx: Context):
+        from longvila.model import LongVILAProcessor
+
+        model = build_model(cfg, init)
+        state["processor"] = LongVILAProcessor.from_config(model.config)
+        return model
 
     def batches(pi: int, phase: Phase, skip: int, ctx: Context) -> Iterator[dict[str, Any]]:
         return datasource.stream(data_root, cfg.data.sets, phase, seed=cfg.seed * 1000 + pi, skip=skip,
-                                 dp_rank=ctx.dp_rank, dp=ctx.dp, seq_len=cfg.data.seq_len)
+                                 dp_rank=ctx.dp_rank, dp=ctx.dp, seq_len=cfg.data.seq_len,
+                                 processor=state["processor"], needle_frac=cfg.data.needle_frac)
 
     def evaluate(model, ctx: Context) -> dict[str, Any]:
         from longvila.pipelines.evaluate import short_video_qa
@@ -100,7 +109,7 @@ def make_task(cfg: StageConfig, data_root: str | Path) -> Task:
         return short_video_qa(model, data_root / cfg.eval.set, cfg.eval.frames, cfg.eval.limit, ctx)
 
     return Task(
-        build_model=lambda init, ctx: build_model(cfg, init),
+        build_model=build,
         modules=modules,
         batches=batches,
         loss=mmsp_loss,

@@ -199,6 +199,7 @@ def train(cfg: StageConfig, task: Task, out: str | os.PathLike, init: str | os.P
         done = step + 1
         record = {"step": done, "loss": g_loss / ctx.dp, "lr": scheduler.get_last_lr()[0], "tokens": int(g_tok),
                   "frames": phase.frames, "batch": phase.batch,
+                  **({"skipped": int(batch["skipped"])} if isinstance(batch, dict) and "skipped" in batch else {}),
                   "elapsed_s": round(elapsed0 + time.perf_counter() - t0, 3)}
         if done % cfg.log_every == 0 or done == total:
             log.log(record)

@@ -24,9 +24,9 @@ def test_stage_table_trainable_modules_and_sets():
         cfg = get_stage(n)
         assert cfg.stage == n and set(cfg.model.train) == set(train)
         validate(cfg, world_size=2)
-    assert get_stage(1).data.sets == ("image_caption",)
-    assert "interleaved" in get_stage(2).data.sets
-    assert get_stage(4).data.sets == ("long_text",) and get_stage(4).sp == 2
+    assert [get_stage(n).data.sets for n in range(1, 6)] == [
+        ("align",), ("pretrain",), ("short_sft",), ("context_ext",), ("long_sft",)]
+    assert get_stage(4).sp == 2 and get_stage(5).sp == 2
     assert get_stage(3).eval.set == get_stage(5).eval.set == "short_sft_eval"
 
 

@@ -1,0 +1,206 @@
+"""Training batches for a stage: the data part's webdataset sets -> packed MM-SP batches, resumable by index.
+
+``stream(...)`` yields micro-batches in the loader contract of docs/design.md (``input_ids (1, L)``,
+``labels (1, L)``, ``position_ids (1, L)`` restarting at each packed sample, ``pixel_values (N, 3, S, S)``,
+``num_frames``, ``sample_ids``) plus ``skipped`` (samples dropped so far, with the reason logged once).
+
+Design choices:
+- Random access by position: the samples of the stage's sets (verified against their manifests) are held
+  as raw bytes; epoch e visits them in a permutation seeded by (seed, e), dealt round-robin to the dp
+  ranks. Micro-batch m of a rank is a pure function of (seed, rank, m), so a resumed run asks for
+  micro-batch m directly instead of replaying the stream.
+- A micro-batch of ``phase.batch`` samples is packed into one row (positions restart per sample), which is
+  what the SP attention and the zigzag sharding expect; there is no padding.
+- Frames: ``phase.frames`` sampled uniformly over the video (all frames of a shorter one). Event-aware: a
+  needle card (``events`` of kind ``code``) lasts a frame or two and uniform sampling would miss it, making
+  its question unanswerable, so the nearest sampled index is moved onto the card.
+- Text-only samples are cut to ``seq_len`` tokens (counted in ``truncated``); visual samples are never cut.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import logging
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from longvila.pipelines.config import Phase
+
+log = logging.getLogger(__name__)
+_PLACEHOLDER = re.compile(r"<video>|<image>")
+
+
+@functools.lru_cache(maxsize=4)
+def load_pool(data_root: str, sets: tuple[str, ...]) -> tuple[dict[str, Any], ...]:
+    """Every sample of the sets (raw extension bytes + parsed json), in set and shard order."""
+    from longvila.data.shards import iter_samples
+
+    pool = []
+    for name in sets:
+        d = Path(data_root) / name
+        if not (d / "manifest.json").is_file():
+            raise FileNotFoundError(f"{d}: data set not found (no manifest.json); build it with `longvila data build`")
+        for s in iter_samples(d):
+            rec = s.get("json")
+            if isinstance(rec, bytes | str):
+                try:
+                    rec = json.loads(rec)
+                except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                    raise ValueError(f"{d}: sample {s.get('__key__')}: malformed json ({e})") from None
+            if not isinstance(rec, dict) or not isinstance(rec.get("conversations"), list):
+                raise ValueError(f"{d}: sample {s.get('__key__')}: json has no conversations list")
+            pool.append({**s, "json": rec, "set": name})
+    if not pool:
+        raise ValueError(f"{data_root}: sets {list(sets)} hold no samples")
+    return tuple(pool)
+
+
+def frame_indices(total: int, want: int, events: list[dict] | None = None) -> np.ndarray:
+    """``min(want, total)`` uniform indices into ``total`` frames, moved onto needle cards if missed."""
+    n = max(1, min(want, total))
+    idx = np.unique(np.linspace(0, total - 1, n).round().astype(int))
+    for e in events or []:
+        if e.get("kind") != "code":
+            continue
+        a, b = int(e["frame"]), int(e.get("end_frame") or e["frame"])
+        if not ((idx >= a) & (idx <= b)).any():
+            idx[np.abs(idx - a).argmin()] = a
+            idx = np.unique(idx)
+    return idx
+
+
+@functools.lru_cache(maxsize=256)
+def _decode(data: bytes) -> np.ndarray:
+    from longvila.data.video_io import read_frames
+
+    return read_frames(data)
+
+
+def _image(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))[None]
+
+
+def encode_sample(sample: dict[str, Any], frames: int, seq_len: int, processor) -> dict[str, Any]:
+    """One sample -> input_ids (L,), labels (L,), pixel_values (N, 3, S, S) or None, num_frames list."""
+    rec = sample["json"]
+    text = " ".join(t.get("value", "") for t in rec["conversations"])
+    kinds = _PLACEHOLDER.findall(text)
+    pix, counts, n_img = [], [], 0
+    for kind in kinds:
+        if kind == "<video>":
+            if "mp4" not in sample:
+                raise ValueError(f"sample {sample['__key__']}: <video> placeholder but no mp4")
+            allf = _decode(sample["mp4"])
+            arr = allf[frame_indices(len(allf), frames, rec.get("events"))]
+        else:
+            key = "jpg" if "jpg" in sample and n_img == 0 else f"{n_img}.jpg"
+            if key not in sample:
+                raise ValueError(f"sample {sample['__key__']}: <image> #{n_img} but no {key}")
+            arr = _image(sample[key])
+            n_img += 1
+        pix.append(processor.preprocess_frames(arr))
+        counts.append(arr.shape[0])
+    enc = processor.encode_conversation(rec["conversations"], counts)
+    ids, labels = enc["input_ids"], enc["labels"]
+    truncated = False
+    if not kinds and ids.shape[0] > seq_len:
+        ids, labels, truncated = ids[:seq_len], labels[:seq_len], True
+    return {"input_ids": ids, "labels": labels, "pixel_values": torch.cat(pix) if pix else None,
+            "num_frames": counts, "id": str(rec.get("id", sample["__key__"])), "truncated": truncated}
+
+
+NEEDLE_QUESTION = "What is the secret code shown in the video?"
+
+
+def needle_sample(pool: tuple[dict[str, Any], ...], frames: int, rng: np.random.Generator, processor,
+                  code_digits: int = 3) -> dict[str, Any]:
+    """A synthetic needle-in-a-haystack sample: ``frames`` haystack frames (uniform samples of the pool's
+    videos, several videos if one is too short) with a code card (train-split digits) inserted at a random
+    depth, and the question the needle evaluation asks. Returns what ``encode_sample`` returns."""
+    from longvila.data.world import code_image
+
+    videos = [i for i, s in enumerate(pool) if "mp4" in s]
+    if not videos:
+        raise ValueError("needle samples need videos in the stage's sets")
+    parts, need = [], frames
+    while need > 0:
+        allf = _decode(pool[videos[int(rng.integers(len(videos)))]]["mp4"])
+        take = allf[np.unique(np.linspace(0, len(allf) - 1, min(need, len(allf))).round().astype(int))]
+        parts.append(take)
+        need -= len(take)
+    hay = np.concatenate(parts)[:frames]
+    code = "".join(str(int(d)) for d in rng.integers(0, 10, code_digits))
+    card = code_image(code, "train", rng, hay.shape[1], hay.shape[2])
+    at = int(rng.integers(0, len(hay) + 1))
+    video = np.concatenate([hay[:at], card[None], hay[at:]])
+    conv = [{"from": "human", "value": f"<video>\n{NEEDLE_QUESTION}"}, {"from": "gpt", "value": code}]
+    enc = processor.encode_conversation(conv, [len(video)])
+    return {"input_ids": enc["input_ids"], "labels": enc["labels"], "pixel_values": processor.preprocess_frames(video),
+            "num_frames": [len(video)], "id": f"needle-{code}-{at}of{len(video)}", "truncated": False}
+
+
+def pack(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Samples -> one packed row (1, L) with restarting position ids, frames concatenated in order."""
+    pix = [it["pixel_values"] for it in items if it["pixel_values"] is not None]
+    return {
+        "input_ids": torch.cat([it["input_ids"] for it in items])[None],
+        "labels": torch.cat([it["labels"] for it in items])[None],
+        "position_ids": torch.cat([torch.arange(it["input_ids"].shape[0]) for it in items])[None],
+        "pixel_values": torch.cat(pix) if pix else None,
+        "num_frames": [n for it in items for n in it["num_frames"]],
+        "sample_ids": [it["id"] for it in items],
+    }
+
+
+def rank_order(n: int, seed: int, dp_rank: int, dp: int, start: int, count: int) -> list[int]:
+    """Sample indices at positions [start, start+count) of a dp rank's endless shuffled stream."""
+    per_epoch = n // dp if n >= dp else 1
+    out = []
+    for pos in range(start, start + count):
+        epoch, k = divmod(pos, per_epoch)
+        perm = np.random.default_rng([seed, epoch]).permutation(n)
+        out.append(int(perm[(k * dp + dp_rank) % n]))
+    return out
+
+
+def stream(data_root: str | Path, sets: tuple[str, ...], phase: Phase, seed: int, skip: int, dp_rank: int,
+           dp: int, seq_len: int, processor, needle_frac: float = 0.0) -> Iterator[dict[str, Any]]:
+    """Endless micro-batches of a dp rank, starting at micro-batch ``skip`` (see the module docstring).
+
+    Micro-batch m holds the samples at stream positions [m*B, (m+1)*B); a sample that fails to decode is
+    dropped from its batch and counted in ``skipped`` (a batch left empty takes the next positions).
+    ``needle_frac``: the fraction of each micro-batch replaced by ``needle_sample``s (rounded per batch).
+    """
+    from longvila.data.video_io import VideoError
+
+    pool = load_pool(str(data_root), tuple(sets))
+    m, skipped, truncated, seen = skip, 0, 0, 0
+    while True:
+        items = []
+        rng = np.random.default_rng([seed, dp_rank, m, 7])
+        n_needle = int(needle_frac * phase.batch + rng.random()) if needle_frac else 0
+        for _ in range(n_needle):
+            items.append(needle_sample(pool, phase.frames, rng, processor))
+        for i in rank_order(len(pool), seed, dp_rank, dp, m * phase.batch, phase.batch - n_needle):
+            seen += 1
+            try:
+                it = encode_sample(pool[i], phase.frames, seq_len, processor)
+            except (VideoError, ValueError) as e:
+                skipped += 1
+                log.warning("skipped sample %s (%s)", pool[i].get("__key__"), e)
+                if skipped > 20 and skipped > seen // 2:
+                    raise RuntimeError(f"{data_root}: more than half of the samples fail ({e})") from None
+                continue
+            truncated += it["truncated"]
+            items.append(it)
+        m += 1
+        if items:
+            yield {**pack(items), "skipped": skipped, "truncated": truncated}

@@ -1,0 +1,104 @@
+"""Quick held-out evaluation after stages 3 and 5: short-video QA accuracy (exact match), with chance.
+
+Design choices:
+- Teacher-forced exact match: the prompt (video + question, ending with the assistant header) is followed
+  by the reference answer; a question counts as right when the argmax at every answer token (and its
+  ``<|im_end|>``) is the reference token. That is greedy decoding's answer without the decode loop.
+- Chance is stated two ways, computed from the evaluated questions themselves: uniform guessing among the
+  answers seen for the question's type (``chance``), and always giving the type's most common answer
+  (``majority``). Per-type accuracies are reported too.
+- The questions are split over all ranks (any layout), each rank runs plain one-rank attention, and the
+  counts are summed; the model's SP attention is switched back to the stage mesh afterwards.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+IM_END = "<|im_end|>"
+
+
+def qa_pairs(record: dict[str, Any]) -> list[tuple[str, str]]:
+    """(question, answer) pairs of a LLaVA-style record; the video placeholder is stripped."""
+    conv = record.get("conversations")
+    if not isinstance(conv, list):
+        raise ValueError(f"sample {record.get('id')!r}: no conversations list")
+    pairs = []
+    for h, g in zip(conv[0::2], conv[1::2], strict=False):
+        if h.get("from") != "human" or g.get("from") != "gpt":
+            raise ValueError(f"sample {record.get('id')!r}: turns are not human/gpt pairs")
+        q = h["value"].replace("<video>", "").replace("<image>", "").strip()
+        pairs.append((q, g["value"].strip()))
+    return pairs
+
+
+def _score(model, processor, pixel_values: torch.Tensor, question: str, answer: str) -> bool:
+    prompt = processor.build_prompt(question, pixel_values.shape[0])
+    ans = torch.tensor(processor._ids(answer + IM_END), dtype=torch.long)
+    ids = torch.cat([prompt, ans])[None]
+    logits = model(input_ids=ids, pixel_values=pixel_values).logits[0]
+    pred = logits[prompt.shape[0] - 1: ids.shape[1] - 1].argmax(-1)
+    return bool(torch.equal(pred, ans))
+
+
+def short_video_qa(model, set_dir: Path, frames: int, limit: int, ctx) -> dict[str, Any]:
+    """Exact-match accuracy on a held-out QA set folder (webdataset shards + manifest)."""
+    from longvila.data.shards import iter_samples
+    from longvila.data.video_io import read_frames
+    from longvila.model import LongVILAProcessor
+    from longvila.parallel.hf import apply_sequence_parallel
+    from longvila.parallel.mesh import SPMesh
+
+    processor = LongVILAProcessor.from_config(model.config)
+    items = []
+    for sample in iter_samples(set_dir):
+        rec = json.loads(sample["json"]) if isinstance(sample["json"], bytes | str) else sample["json"]
+        for q, a in qa_pairs(rec):
+            items.append((sample, rec, q, a))
+            if limit and len(items) >= limit:
+                break
+        if limit and len(items) >= limit:
+            break
+    if not items:
+        raise ValueError(f"{set_dir}: no questions to evaluate")
+    apply_sequence_parallel(model, SPMesh.single())
+    right = torch.zeros(len(items))
+    for i in range(ctx.rank, len(items), ctx.world):
+        sample, rec, q, a = items[i]
+        if "mp4" in sample:
+            video = sample["mp4"]
+            arr = read_frames(io.BytesIO(video).getvalue() if isinstance(video, bytes) else video, frames)
+        else:
+            from PIL import Image
+
+            arr = torch.as_tensor(__import__("numpy").asarray(Image.open(io.BytesIO(sample["jpg"])).convert("RGB")))[None]
+        pixels = processor.preprocess_frames(arr)
+        right[i] = float(_score(model, processor, pixels, q, a))
+    if dist.is_initialized() and ctx.world > 1:
+        dist.all_reduce(right)
+    if ctx.mesh is not None:
+        apply_sequence_parallel(model, ctx.mesh)
+
+    by_type: dict[str, list[float]] = defaultdict(list)
+    answers: dict[str, Counter] = defaultdict(Counter)
+    for (_, rec, _, a), r in zip(items, right.tolist(), strict=True):
+        t = str(rec.get("type") or rec.get("question_type") or "all")
+        by_type[t].append(r)
+        answers[t][a] += 1
+    n = len(items)
+    chance = sum(len(v) / len(answers[t]) for t, v in by_type.items()) / n
+    majority = sum(answers[t].most_common(1)[0][1] for t in by_type) / n
+    return {
+        "set": set_dir.name, "questions": n, "frames": frames, "accuracy": float(right.mean()),
+        "chance": chance, "majority": majority,
+        "per_type": {t: {"n": len(v), "accuracy": sum(v) / len(v), "chance": 1 / len(answers[t])}
+                     for t, v in sorted(by_type.items())},
+        "metric": "exact match, teacher-forced argmax over the answer tokens",
+    }
