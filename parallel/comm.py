@@ -66,7 +66,7 @@ def agree_shapes(x: torch.Tensor, group, what: str) -> None:
     header[1] = x.dim()
     header[2 : 2 + x.dim()] = torch.tensor(x.shape, dtype=torch.int64)
     out = torch.empty(n * 10, dtype=torch.int64)
-    dist.all_gather_into_tensor(out, header, group=group)
+    dist.all_gather_single(out, header, group=group)
     rows = out.view(n, 10)
     if not bool((rows == rows[0]).all()):
         desc = []
@@ -91,8 +91,9 @@ class RingComm:
     def send_recv(self, send: list[torch.Tensor], tag: int = 0) -> list[torch.Tensor]:
         """Post sends of ``send`` to next and receives of same-shaped buffers from prev; returns the buffers
         (valid after ``wait()``)."""
-        recv = [torch.empty_like(t) for t in send]
-        ops = [dist.P2POp(dist.isend, t.contiguous(), self.next, self.group, tag + i) for i, t in enumerate(send)]
+        send = [t.contiguous() for t in send]
+        recv = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in send]
+        ops = [dist.P2POp(dist.isend, t, self.next, self.group, tag + i) for i, t in enumerate(send)]
         ops += [dist.P2POp(dist.irecv, t, self.prev, self.group, tag + i) for i, t in enumerate(recv)]
         self._reqs += dist.batch_isend_irecv(ops)
         return recv
@@ -142,7 +143,7 @@ class _AllGather(torch.autograd.Function):
         n = group_size(group)
         xs = x.movedim(dim, 0).contiguous()
         out = torch.empty((n * xs.shape[0], *xs.shape[1:]), dtype=x.dtype)
-        dist.all_gather_into_tensor(out, xs, group=group)
+        dist.all_gather_single(out, xs, group=group)
         return out.movedim(0, dim)
 
     @staticmethod
@@ -150,7 +151,7 @@ class _AllGather(torch.autograd.Function):
         n = group_size(ctx.group)
         g = grad.movedim(ctx.dim, 0).contiguous()  # NOTE: contiguous, see the module docstring
         out = torch.empty((g.shape[0] // n, *g.shape[1:]), dtype=g.dtype)
-        dist.reduce_scatter_tensor(out, g, op=dist.ReduceOp.SUM, group=ctx.group)
+        dist.reduce_scatter_single(out, g, op=dist.ReduceOp.SUM, group=ctx.group)
         return out.movedim(0, ctx.dim), None, None
 
 
@@ -169,7 +170,7 @@ def all_gather_varlen(x: torch.Tensor, group, dim: int = 0) -> torch.Tensor:
     if n == 1:
         return x
     sizes = torch.empty(n, dtype=torch.int64)
-    dist.all_gather_into_tensor(sizes, torch.tensor([x.shape[dim]], dtype=torch.int64), group=group)
+    dist.all_gather_single(sizes, torch.tensor([x.shape[dim]], dtype=torch.int64), group=group)
     sizes = sizes.tolist()
     m = max(sizes)
     pad = [0, 0] * (x.dim() - 1 - (dim % x.dim())) + [0, m - x.shape[dim]]

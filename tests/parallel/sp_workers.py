@@ -6,8 +6,6 @@ the tests assert on each entry.
 
 from __future__ import annotations
 
-import traceback
-
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -20,11 +18,13 @@ LAYOUTS = [(2, 1), (1, 2), (4, 1), (1, 4), (2, 2)]  # (sp_ulysses, sp_ring)
 
 
 def _check(results: dict, name: str, fn) -> None:
+    """Run one check; a failure ends this rank (and, through run_distributed, every rank) naming the check,
+    since the other ranks may be waiting in a collective the failing rank will never join."""
     try:
         fn()
-        results[name] = "ok"
-    except Exception as e:  # noqa: BLE001 - reported to the test
-        results[name] = f"{type(e).__name__}: {e}\n{traceback.format_exc()}"
+    except Exception as e:
+        raise RuntimeError(f"check {name} failed: {type(e).__name__}: {e}") from e
+    results[name] = "ok"
 
 
 def reference_attention(q, k, v, positions=None):
@@ -124,3 +124,106 @@ def collectives_case(world: int):
           lambda rx: [torch.cat([t.tensor_split(world, 1)[p] for t in rx], 2) for p in range(world)])
     check("all_gather_varlen", lambda x: all_gather_varlen(x[: 1 + rank % 2], world_group, 0),
           lambda rx: [torch.cat([t[: 1 + p % 2] for p, t in enumerate(rx)], 0)] * world)
+
+
+# ---- whole-model equivalence (MM-SP step) -------------------------------------------------------------
+
+def tiny_vlm():
+    from longvila.model import LongVILAForCausalLM, tiny_config
+
+    torch.manual_seed(0)
+    return LongVILAForCausalLM(tiny_config()).float()
+
+
+def video_batch(model, packed: bool, seed: int = 0) -> dict:
+    """A video-heavy batch: frames as <image> runs (1 token each) inside random text; labels on the answers."""
+    g = torch.Generator().manual_seed(seed)
+    img = model.config.image_token_id
+
+    def sample(n_frames, n_text):
+        ids = torch.cat([torch.randint(20, 400, (3,), generator=g), torch.full((n_frames,), img),
+                         torch.randint(20, 400, (n_text,), generator=g)])
+        labels = torch.full_like(ids, -100)
+        labels[-n_text // 2 :] = ids[-n_text // 2 :]
+        return ids, labels
+
+    if packed:
+        parts = [sample(7, 12), sample(4, 9), sample(2, 6)]
+        ids = torch.cat([p[0] for p in parts])[None]
+        labels = torch.cat([p[1] for p in parts])[None]
+        pos = torch.cat([torch.arange(len(p[0])) for p in parts])[None]
+        n_frames = 13
+    else:
+        parts = [sample(5, 14), sample(5, 14)]
+        ids = torch.stack([p[0] for p in parts])
+        labels = torch.stack([p[1] for p in parts])
+        pos = torch.arange(ids.shape[1]).expand(2, -1)
+        n_frames = 10
+    s = model.config.image_size
+    return {"input_ids": ids, "labels": labels, "position_ids": pos,
+            "pixel_values": torch.randn(n_frames, 3, s, s, generator=g)}
+
+
+def reference_step(packed: bool) -> tuple[torch.Tensor, dict]:
+    """One process: the VLM's own forward (loss inside), SP attention on a one-rank mesh for packing."""
+    from longvila.parallel.hf import apply_sequence_parallel
+
+    model = tiny_vlm()
+    apply_sequence_parallel(model)
+    batch = video_batch(model, packed)
+    loss = model(**batch).loss
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def mmsp_worker(rank: int, world: int, layouts: list) -> dict:
+    from longvila.parallel.hf import apply_sequence_parallel
+    from longvila.parallel.mmsp import mmsp_forward, reduce_sp_gradients
+
+    results: dict[str, str] = {}
+    refs = {packed: reference_step(packed) for packed in (False, True)}
+    for u, r in layouts:
+        mesh = build_mesh(ParallelDims(dp=world // (u * r), sp_ulysses=u, sp_ring=r, world_size=world))
+        for packed in (False, True):
+            def case(mesh=mesh, packed=packed):
+                model = tiny_vlm()
+                apply_sequence_parallel(model, mesh)
+                out = mmsp_forward(model, video_batch(model, packed), mesh)
+                out.loss.backward()
+                reduce_sp_gradients(model, mesh)
+                total = out.loss.detach().clone()
+                dist.all_reduce(total, group=mesh.sp_group)
+                ref_loss, ref_grads = refs[packed]
+                torch.testing.assert_close(total, ref_loss, atol=1e-6, rtol=1e-5)
+                grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+                assert grads.keys() == ref_grads.keys(), sorted(set(grads) ^ set(ref_grads))
+                for n, g in grads.items():
+                    torch.testing.assert_close(g, ref_grads[n], atol=2e-6, rtol=1e-4, msg=lambda m, n=n: f"{n}: {m}")
+                # frames spread evenly over the SP group
+                counts = torch.tensor([out.frames_encoded])
+                allc = [torch.zeros_like(counts) for _ in range(mesh.sp_size)]
+                dist.all_gather(allc, counts, group=mesh.sp_group)
+                assert max(allc).item() - min(allc).item() <= 1, allc
+            _check(results, f"U{u}R{r}-{'packed' if packed else 'batch2'}", case)
+    return results
+
+
+# ---- failures ----------------------------------------------------------------------------------------
+
+def raising_worker(rank: int, world: int) -> None:
+    """Rank 1 raises while rank 0 waits in a collective that rank 1 will never join."""
+    if rank == 1:
+        raise ValueError("deliberate failure on rank 1")
+    dist.all_reduce(torch.ones(1))
+
+
+def disagreeing_worker(rank: int, world: int) -> None:
+    """Ranks pass differently shaped shards to sp_attention: every rank must get a clear error."""
+    mesh = build_mesh(ParallelDims(1, 1, world, world))
+    s = 8 if rank == 0 else 10
+    q = torch.randn(1, 2, s, 4)
+    try:
+        sp_attention(q, q, q, mesh)
+    except ValueError as e:
+        return str(e)
+    return "no error"

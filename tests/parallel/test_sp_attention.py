@@ -11,7 +11,7 @@ CASES = ["fp32-gqa", "fp32-mha-uneven", "fp32-gqa-packed", "fp32-mqa", "bf16-gqa
 
 @pytest.fixture(scope="module")
 def results():
-    return {w: run_distributed(sp_workers.attention_worker, w, timeout=240) for w in (2, 4)}
+    return {w: run_distributed(sp_workers.attention_worker, w, timeout=240, comm_timeout=60) for w in (2, 4)}
 
 
 @pytest.mark.parametrize("world,u,r", [(2, 2, 1), (2, 1, 2), (4, 2, 1), (4, 1, 2), (4, 4, 1), (4, 1, 4), (4, 2, 2)])

@@ -1,0 +1,22 @@
+"""Whole-model equivalence: one MM-SP forward + backward of the tiny VLM on 2 and 4 ranks gives the
+one-process loss and the one-process gradient of every parameter."""
+
+import pytest
+import sp_workers
+from longvila.parallel.launch import run_distributed
+
+pytestmark = pytest.mark.dist
+
+LAYOUTS = {2: [(2, 1), (1, 2)], 4: [(2, 2), (1, 4), (4, 1)]}
+
+
+@pytest.fixture(scope="module")
+def results():
+    return {w: run_distributed(sp_workers.mmsp_worker, w, LAYOUTS[w], timeout=300, comm_timeout=60) for w in (2, 4)}
+
+
+@pytest.mark.parametrize("world,u,r", [(w, u, r) for w, ls in LAYOUTS.items() for u, r in ls])
+@pytest.mark.parametrize("batch", ["batch2", "packed"])
+def test_mmsp_step_matches_one_process(results, world, u, r, batch):
+    for rank, res in enumerate(results[world]):
+        assert res[f"U{u}R{r}-{batch}"] == "ok", f"rank {rank}: {res[f'U{u}R{r}-{batch}']}"
