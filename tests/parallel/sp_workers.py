@@ -227,3 +227,40 @@ def disagreeing_worker(rank: int, world: int) -> None:
     except ValueError as e:
         return str(e)
     return "no error"
+
+
+# ---- inference -----------------------------------------------------------------------------------------
+
+def inference_reference(length: int = 45, new: int = 6):
+    """One process, stock HF (sdpa): greedy generation and teacher-forced argmax / log-probs."""
+    model = tiny_vlm().eval()
+    llm = model.language_model
+    g = torch.Generator().manual_seed(7)
+    embeds = torch.randn(1, length, llm.config.hidden_size, generator=g) * 0.5
+    targets = torch.randint(20, 400, (1, length), generator=g)
+    targets[:, : length // 2] = -100
+    with torch.no_grad():
+        gen = llm.generate(inputs_embeds=embeds, max_new_tokens=new, do_sample=False, min_new_tokens=new)
+        logits = llm(inputs_embeds=embeds).logits
+    logp = torch.log_softmax(logits, -1).gather(-1, targets.clamp(min=0)[..., None])[..., 0]
+    return model, embeds, targets, gen, logits.argmax(-1), logp.masked_fill(targets == -100, 0.0)
+
+
+def inference_worker(rank: int, world: int, layouts: list) -> dict:
+    from longvila.parallel.hf import apply_sequence_parallel
+    from longvila.parallel.inference import sp_generate, sp_score
+
+    results: dict[str, str] = {}
+    model, embeds, targets, gen, argmax, logp = inference_reference()
+    for u, r in layouts:
+        mesh = build_mesh(ParallelDims(dp=world // (u * r), sp_ulysses=u, sp_ring=r, world_size=world))
+        apply_sequence_parallel(model, mesh)
+
+        def case(mesh=mesh):
+            got = sp_generate(model.language_model, embeds, gen.shape[1], mesh)
+            assert torch.equal(got, gen), (got, gen)
+            scored = sp_score(model.language_model, embeds, targets, mesh)
+            assert torch.equal(scored["argmax"], argmax)
+            torch.testing.assert_close(scored["logprob"], logp, atol=1e-5, rtol=1e-5)
+        _check(results, f"U{u}R{r}-inference", case)
+    return results
