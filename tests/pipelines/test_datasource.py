@@ -1,0 +1,66 @@
+"""Batches for the stages: frame sampling keeps needles, dp streams are disjoint, packing, needle samples."""
+
+import numpy as np
+import pytest
+import torch
+from longvila.pipelines import datasource as ds
+
+
+def test_frame_indices_uniform_and_moved_onto_the_needle():
+    idx = ds.frame_indices(100, 10)
+    assert len(idx) == 10 and idx[0] == 0 and idx[-1] == 99
+    assert list(ds.frame_indices(5, 10)) == [0, 1, 2, 3, 4]
+    card = [{"kind": "code", "frame": 42, "end_frame": 42}]
+    got = ds.frame_indices(100, 10, card)
+    assert 42 in got and len(got) == 10
+    assert 42 not in ds.frame_indices(100, 10, [{"kind": "appear", "frame": 42}])
+
+
+def test_rank_streams_are_disjoint_within_an_epoch_and_cover_it():
+    n, dp = 10, 2
+    a = ds.rank_order(n, seed=3, dp_rank=0, dp=dp, start=0, count=5)
+    b = ds.rank_order(n, seed=3, dp_rank=1, dp=dp, start=0, count=5)
+    assert sorted(a + b) == list(range(n))
+    # random access: a later start gives the same positions as the stream read from 0
+    assert ds.rank_order(n, 3, 0, dp, 2, 6) == ds.rank_order(n, 3, 0, dp, 0, 8)[2:]
+    assert ds.rank_order(n, 4, 0, dp, 0, 5) != a
+
+
+def test_pack_restarts_positions_and_keeps_frame_order():
+    items = [{"input_ids": torch.arange(3), "labels": torch.arange(3), "pixel_values": torch.zeros(2, 3, 4, 4),
+              "num_frames": [2], "id": "a"},
+             {"input_ids": torch.arange(4) + 10, "labels": torch.arange(4), "pixel_values": None,
+              "num_frames": [], "id": "b"},
+             {"input_ids": torch.arange(2), "labels": torch.arange(2), "pixel_values": torch.ones(1, 3, 4, 4),
+              "num_frames": [1], "id": "c"}]
+    b = ds.pack(items)
+    assert b["input_ids"].shape == (1, 9)
+    assert b["position_ids"].tolist() == [[0, 1, 2, 0, 1, 2, 3, 0, 1]]
+    assert b["pixel_values"].shape == (3, 3, 4, 4) and b["pixel_values"][2].eq(1).all()
+    assert b["num_frames"] == [2, 1] and b["sample_ids"] == ["a", "b", "c"]
+
+
+@pytest.fixture(scope="module")
+def pool():
+    from longvila.data.video_io import encode_mp4
+    from longvila.data.world import make_video
+
+    v = make_video(5, 40, "train")
+    return ({"__key__": "v0", "mp4": encode_mp4(v.frames, v.fps), "json": {"conversations": []}},)
+
+
+def test_needle_sample_has_the_card_and_the_code_as_answer(pool):
+    from longvila.model import LongVILAProcessor, tiny_config
+
+    proc = LongVILAProcessor.from_config(tiny_config())
+    s = ds.needle_sample(pool, 64, np.random.default_rng(0), proc)
+    assert s["num_frames"] == [65] and s["pixel_values"].shape == (65, 3, 32, 32)
+    code = s["id"].split("-")[1]
+    assert len(code) == 3 and code.isdigit()
+    answer = proc.decode(s["labels"][s["labels"] != -100].tolist())
+    assert answer.strip().startswith(code)
+    assert int((s["input_ids"] == proc.settings.image_token_id).sum()) == 65
+    # the card is the one bright (white paper) frame among the dim world frames
+    at = int(s["id"].split("-")[2].split("of")[0])
+    brightness = s["pixel_values"].mean(dim=(1, 2, 3))
+    assert int(brightness.argmax()) == at

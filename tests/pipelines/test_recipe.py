@@ -1,0 +1,100 @@
+"""The five-stage recipe end to end on tiny data (2 ranks), and the CLI's fail-fast errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from longvila.pipelines import checkpoint as ck
+from longvila.pipelines.cli import main
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).parents[2]
+
+
+def _tiny_data(out: Path) -> None:
+    from longvila.data import sets as S
+
+    cfg = S.BuildConfig()
+    for name, n in (("align", 32), ("pretrain", 32), ("short_sft", 32), ("short_sft_eval", 12)):
+        getattr(cfg, name).num_samples = getattr(cfg, name).per_shard = n
+    c = cfg.context_ext
+    c.num_samples, c.per_shard, c.min_tokens, c.max_tokens = 2, 2, 300, 500
+    c = cfg.long_sft
+    c.num_samples, c.per_shard, c.min_frames, c.max_frames = 3, 3, 40, 120
+    S.build(cfg, out, workers=1)
+
+
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "LONGVILA_QUIET": "1",
+            "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(ROOT / ".torch_extensions"))}
+
+
+def _parts(weights: dict, prefix: str) -> dict:
+    return {k: v for k, v in weights.items() if k.startswith(prefix)}
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+def test_five_stage_smoke_run(tmp_path):
+    data, out = tmp_path / "data", tmp_path / "ckpt"
+    _tiny_data(data)
+    cmd = [sys.executable, "-m", "longvila.cli", "train", "all", "--data", str(data), "--out", str(out),
+           "--nproc", "2", "--set", "schedule.steps=2", "--set", "5:data.curriculum=16:2:1,40:1:1",
+           "--set", "eval.limit=6"]
+    p = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-4000:]
+    w = {}
+    for n in range(1, 6):
+        d = out / f"stage{n}"
+        ck.verify(d)
+        s = json.loads((d / "summary.json").read_text())
+        assert s["steps"] == 2 and s["world_size"] == 2 and s["tokens"] > 0
+        assert (d / "loss.png").is_file() and (d / "metrics.jsonl").is_file() and (d / "tensorboard").is_dir()
+        assert (d / "processor_config.json").is_file()
+        w[n] = load_file(d / "model.safetensors")
+    assert json.loads((out / "stage4" / "summary.json").read_text())["sp"] == 2
+    # frozen modules are bit-for-bit unchanged; trained ones moved
+    assert _same(_parts(w[1], "vision_tower"), _parts(w[2], "vision_tower"))
+    assert not _same(_parts(w[1], "mm_projector"), _parts(w[2], "mm_projector"))
+    for part in ("vision_tower", "mm_projector"):
+        assert _same(_parts(w[3], part), _parts(w[4], part))
+        assert not _same(_parts(w[4], part), _parts(w[5], part))
+    assert not _same(_parts(w[3], "language_model"), _parts(w[4], "language_model"))
+    # stage 4's RoPE row is in the saved config, and stage 5 keeps it
+    for n in (4, 5):
+        text = json.loads((out / f"stage{n}" / "config.json").read_text())["text_config"]
+        assert text["rope_parameters"]["rope_theta"] == 1.5e5 and text["max_position_embeddings"] == 8192
+    text3 = json.loads((out / "stage3" / "config.json").read_text())["text_config"]
+    assert text3["rope_parameters"]["rope_theta"] == 1e4 and text3["max_position_embeddings"] == 2048
+    for n in (3, 5):
+        ev = json.loads((out / f"stage{n}" / "summary.json").read_text())["eval"]
+        assert ev["questions"] == 6 and 0 <= ev["accuracy"] <= 1 and 0 < ev["chance"] <= 1
+    # run again: everything is finished and skipped
+    p = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and p.stdout.count("skipped") == 5, p.stdout + p.stderr[-2000:]
+
+
+def test_cli_fails_fast_with_clear_messages(tmp_path, capsys):
+    base = ["--data", str(tmp_path), "--out", str(tmp_path / "o")]
+    cases = [
+        (["--stage", "6", *base], "unknown stage 6"),
+        (["--stage", "3", "--from", str(tmp_path / "nope"), *base], "nope: checkpoint folder does not exist"),
+        (["--stage", "2", *base], "stage1: checkpoint folder does not exist"),
+        (["all", "--nproc", "3", *base], "world size 3 is not divisible"),
+        (["--stage", "1", "--set", "optim.lrate=1", *base], "unknown config key 'optim.lrate'"),
+        (["all", "--set", "9:optim.lr=1", *base], "unknown stage 9"),
+    ]
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "config.json").write_text("{}")
+    cases.append((["--stage", "3", "--from", str(partial), *base], "partial checkpoint"))
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        assert message in capsys.readouterr().err, argv
