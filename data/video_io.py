@@ -132,5 +132,25 @@ def read_frames(src: str | os.PathLike | bytes, num_frames: int | None = None,
 
 
 def num_frames_of(src: str | os.PathLike | bytes) -> int:
-    """Number of frames in a video (decord, PyAV fallback)."""
-    return int(read_frames(src, None).shape[0])
+    """Number of frames in a video: decord's index (no decoding), else PyAV decodes and counts.
+
+    Raises ``VideoError`` (naming the source) for an empty or unreadable video.
+    """
+    if isinstance(src, str | os.PathLike):
+        if not Path(src).is_file():
+            raise FileNotFoundError(f"{src}: no such video file")
+        if Path(src).stat().st_size == 0:
+            raise VideoError(f"{src}: empty video file (0 bytes)")
+    elif not src:
+        raise VideoError("<0 bytes of video>: empty video")
+    try:
+        import decord
+
+        vr = decord.VideoReader(str(src) if isinstance(src, str | os.PathLike) else io.BytesIO(src),
+                                ctx=decord.cpu(0), num_threads=1)
+        n = len(vr)
+        if n > 0:
+            return n
+    except Exception:  # decord's own error types; PyAV decides below
+        pass
+    return int(read_frames(src, None, backend="pyav").shape[0])

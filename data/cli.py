@@ -1,0 +1,98 @@
+"""``longvila data``: build the sets, ingest a user's videos, verify shards, benchmark decoding and building."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+
+
+def _build(args) -> int:
+    from longvila.data import sets
+
+    cfg = sets.BuildConfig(seed=args.seed)
+    for name in args.sets:
+        if name not in sets.SET_NUMBER:
+            print(f"longvila data build: unknown set {name!r}; known: {', '.join(sets.SET_NUMBER)}", file=sys.stderr)
+            return 2
+    for kv in args.set or []:
+        path, _, value = kv.partition("=")
+        try:
+            _override(cfg, path, value)
+        except (AttributeError, ValueError) as e:
+            print(f"longvila data build: bad --set {kv!r}: {e}", file=sys.stderr)
+            return 2
+    t0 = time.perf_counter()
+    manifests = sets.build(cfg, args.out, sets=args.sets, workers=args.workers)
+    for name, m in manifests.items():
+        skipped = ", ".join(f"{r}: {n}" for r, n in m["skipped"].items()) or "none"
+        print(f"{name}: {m['num_samples']} samples in {m['num_shards']} shards -> {os.path.join(args.out, name)} "
+              f"(skipped {sum(m['skipped'].values())}: {skipped})")
+    print(f"built in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def _override(cfg, path: str, value: str) -> None:
+    """``--set long_sft.max_frames=600``: a typed override of one config field."""
+    *parents, leaf = path.split(".")
+    obj = cfg
+    for p in parents:
+        obj = getattr(obj, p)
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    if leaf not in fields:
+        raise AttributeError(f"{type(obj).__name__} has no field {leaf!r}; fields: {sorted(fields)}")
+    cur = getattr(obj, leaf)
+    if isinstance(cur, tuple):
+        new = tuple(type(c)(x) for c, x in zip(cur, value.split(","), strict=True))
+    elif isinstance(cur, bool):
+        new = value.lower() in ("1", "true", "yes")
+    elif cur is None:
+        new = value
+    else:
+        new = type(cur)(value)
+    setattr(obj, leaf, new)
+
+
+def _verify(args) -> int:
+    from pathlib import Path
+
+    from longvila.data.shards import MANIFEST, ShardError, verify_set
+
+    root = Path(args.dir)
+    dirs = [root] if (root / MANIFEST).is_file() else sorted(p.parent for p in root.glob(f"*/{MANIFEST}"))
+    if not dirs:
+        print(f"longvila data verify: no {MANIFEST} in {root} or its sub-folders", file=sys.stderr)
+        return 1
+    bad = 0
+    for d in dirs:
+        try:
+            m = verify_set(d)
+            print(f"ok  {d}: {m['num_samples']} samples, {len(m['shards'])} shards")
+        except (ShardError, ValueError, FileNotFoundError) as e:
+            bad += 1
+            print(f"BAD {e}", file=sys.stderr)
+    return 1 if bad else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from longvila.data.sets import SET_NUMBER
+
+    ap = argparse.ArgumentParser(prog="longvila data", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="build the synthetic-world sets as webdataset shards (resumable)")
+    b.add_argument("--out", required=True)
+    b.add_argument("--sets", nargs="+", default=list(SET_NUMBER), metavar="SET", help=f"of {list(SET_NUMBER)}")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    b.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                   help="override a config field, e.g. long_sft.max_frames=600 or short_sft.num_samples=100")
+    v = sub.add_parser("verify", help="check every shard's sha256 against its manifest")
+    v.add_argument("dir")
+    from longvila.data import bench, ingest
+
+    ingest.add_parser(sub)
+    bench.add_parser(sub)
+    args = ap.parse_args(argv)
+    return {"build": _build, "verify": _verify, "ingest": ingest.run_cli, "bench": bench.run_cli}[args.cmd](args)
