@@ -12,11 +12,11 @@ The tiny default, and why (the arithmetic):
   LLM width: ceil(2/2)^2 = **1 token per frame**.
 - So a 6,000-frame video is 6,000 visual tokens, plus ~30 prompt tokens. The LLM is Qwen2-shaped with
   hidden 128, 4 layers, 4 heads of 32, 2 KV heads (GQA), MLP 384, vocabulary = the shipped tokenizer (824).
-  Its parameters: embeddings 824 x 128 = 105k (tied with the head) + 4 layers x (attention 128x128x2 +
-  128x64x2 + biases ~ 49.5k, MLP 3 x 128 x 384 = 147k) ~ 0.87M in all. One forward over 6,000 tokens costs
-  about 2 x 0.79M x 6,000 ~ 9.5 GFLOP in the matmuls plus attention 4 layers x 4 x 6,000^2 x 128 ~ 74
-  GFLOP (causal sdpa does about half): measured 1.9 s on 2 cores of this machine (see
-  ``tests/model/bench_tiny_forward.py``), i.e. seconds, not minutes.
+  Its parameters: embeddings 824 x 128 = 105k (tied with the head) + 4 layers x (attention 2 x 128 x 128
+  + 2 x 128 x 64 + biases = 49.5k, MLP 3 x 128 x 384 = 147k) = 0.89M in all (`longvila model info tiny`).
+  One forward over 6,000 tokens is ~2 x 0.79M x 6,000 = 9.5 GFLOP of matmuls plus causal attention
+  4 layers x 2 x 6,000^2 x 128 = 37 GFLOP: measured 3.0 s on 2 threads of this machine's Xeon while other
+  jobs shared it (`longvila model bench-forward --tokens 6000`), i.e. seconds, not minutes.
 - rope_theta 1e4 and 2,048 positions for the short stages; the long-context stage raises both.
 
 The paper-scale configuration: SigLIP-so400m-patch14-384 (hidden 1152, 27 layers, 16 heads, MLP 4304;
@@ -104,10 +104,11 @@ class LongVILAConfig(PreTrainedConfig):
         self.vision_config.setdefault("backend", "siglip")
         self.image_mean = list(self.image_mean) if self.image_mean is not None else [0.5, 0.5, 0.5]
         self.image_std = list(self.image_std) if self.image_std is not None else [0.5, 0.5, 0.5]
-        self._validate()
+        self.validate_fields()
 
     # -- validation (each message names the field) ---------------------------------------------------
-    def _validate(self) -> None:
+    def validate_fields(self) -> None:
+        """Check every field and fill the derived ones; ValueError naming the first bad field."""
         v = self.vision_config
         backend = v["backend"]
         if backend not in VISION_BACKENDS:

@@ -58,9 +58,11 @@ class OpenClipTower(nn.Module):
         name = config.vision_config["model_name"]
         if pretrained is not None and not os.path.isfile(pretrained):
             raise FileNotFoundError(f"{pretrained}: no open_clip checkpoint file here")
+        # A local checkpoint is a full open_clip (image + text) state dict, .safetensors or a weights-only
+        # torch file, as open_clip writes them; random init otherwise (nothing is downloaded).
         clip = open_clip.create_model(
-            name, pretrained=None, force_image_size=config.image_size, pretrained_text=False,
-            pretrained_image_path=str(pretrained) if pretrained is not None else None,
+            name, pretrained=str(pretrained) if pretrained is not None else None,
+            force_image_size=config.image_size, pretrained_text=False, require_pretrained=pretrained is not None,
         )
         self.visual = clip.visual
         del clip  # the text tower is not needed

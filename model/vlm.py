@@ -20,6 +20,7 @@ Design choices:
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
@@ -67,14 +68,11 @@ class LongVILAPreTrainedModel(PreTrainedModel):
 class LongVILAForCausalLM(LongVILAPreTrainedModel, GenerationMixin):
     """The VLM. Parts: ``vision_tower``, ``mm_projector``, ``language_model``."""
 
-    def __init__(self, config: LongVILAConfig, language_model: nn.Module | None = None,
-                 vision_tower: nn.Module | None = None):
+    def __init__(self, config: LongVILAConfig):
         super().__init__(config)
-        self.vision_tower = vision_tower if vision_tower is not None else build_vision_tower(config)
+        self.vision_tower = build_vision_tower(config)
         self.mm_projector = build_projector(config)
-        if language_model is None:
-            language_model = AutoModelForCausalLM.from_config(config.text_config)
-        self.language_model = language_model
+        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         self.post_init()
 
     @classmethod
@@ -86,6 +84,7 @@ class LongVILAForCausalLM(LongVILAPreTrainedModel, GenerationMixin):
         ``llm_pretrained``: a folder ``AutoModelForCausalLM.from_pretrained`` reads; its config replaces
         ``config.text_config`` and must keep the hidden size.
         """
+        config = copy.deepcopy(config)
         llm = None
         if llm_pretrained is not None:
             llm = AutoModelForCausalLM.from_pretrained(str(llm_pretrained), **llm_kwargs)
@@ -95,8 +94,15 @@ class LongVILAForCausalLM(LongVILAPreTrainedModel, GenerationMixin):
                     f"text_config.hidden_size {config.text_config.hidden_size}"
                 )
             config.text_config = llm.config
-        vision = build_vision_tower(config, vision_pretrained) if vision_pretrained is not None else None
-        return cls(config, language_model=llm, vision_tower=vision)
+            config.validate_fields()
+        model = cls(config)
+        # NOTE: the loaded parts are attached after construction: post_init() re-initialises every module
+        # it finds, which would overwrite weights loaded before it.
+        if llm is not None:
+            model.language_model = llm
+        if vision_pretrained is not None:
+            model.vision_tower = build_vision_tower(config, vision_pretrained)
+        return model
 
     # -- embeddings plumbing (GenerationMixin, resize_token_embeddings) ----------------------------------
     def get_input_embeddings(self) -> nn.Module:
