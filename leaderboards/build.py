@@ -88,6 +88,8 @@ def render_markdown(secs: list[Section], summary: Table, results_rel: str) -> st
         out += ["", f"### {summary.caption}", "", *_md_table(summary)]
     for s in secs:
         out += ["", f"## {s.title}", "", f"_{s.description}_ (benchmark `{s.benchmark}`)", "", "### Measured", ""]
+        if s.measured and s.measured.caption != "Measured":
+            out += [f"_{s.measured.caption}_", ""]
         out += _md_table(s.measured) if s.measured else ["No measured results yet."]
         for t in s.scaling:
             out += ["", f"**{t.caption}**", "", *_md_table(t)]

@@ -188,3 +188,21 @@ def test_model_config_summary_skips_locations_and_shortens(tmp_path):
     text = tables._model_config(load_results(tmp_path)[0])
     assert text == "artifacts/ckpt/stage5 (model_hash=0123456789abcdef01234..., needles=5)", text
     assert p.is_file()
+
+
+def test_many_headline_metrics_are_capped_largest_first(tmp_path):
+    metrics = {f"speedup_zigzag_vs_basic_{w}r_{s}_{m}": 1.5 for w in (2, 4) for s in (1024, 4096, 16384)
+               for m in ("fwd", "fwdbwd")}
+    metrics |= {"speedup_balanced_vs_token_2r": 1.2, "speedup_balanced_vs_token_4r": 1.3, "time_ring_2r_1024_fwd_s": 0.5}
+    write_result("sp", "sp_bench", metrics, results_dir=tmp_path)
+    secs = {s.benchmark: s for s in tables.sections(load_results(tmp_path), [])}
+    t = secs["sp_bench"].measured
+    assert t.caption == "Measured (8 of 14 headline metrics; every metric under All metrics)"
+    assert t.headers[1:9] == [
+        "speedup_balanced_vs_token_4r", "speedup_balanced_vs_token_2r", "speedup_zigzag_vs_basic_4r_16384_fwdbwd",
+        "speedup_zigzag_vs_basic_4r_4096_fwdbwd", "speedup_zigzag_vs_basic_4r_1024_fwdbwd",
+        "speedup_zigzag_vs_basic_2r_16384_fwdbwd", "speedup_zigzag_vs_basic_2r_4096_fwdbwd",
+        "speedup_zigzag_vs_basic_2r_1024_fwdbwd"]
+    assert len(secs["sp_bench"].all_metrics.rows) == len(metrics)
+    assert tables.summary_table(load_results(tmp_path)).rows[0][2].text == "speedup_balanced_vs_token_4r"
+    assert tables.fmt_metric("decode_long_sft_decord_over_pyav", 1.234) == "1.23x"
