@@ -114,3 +114,63 @@ def test_packed_position_ids_are_used(tiny_model):
     a = tiny_model(input_ids=ids, position_ids=restart).logits
     b = tiny_model(input_ids=ids).logits
     assert not torch.allclose(a[0, 3:], b[0, 3:])
+
+
+def test_registered_attention_is_used_by_the_llm():
+    """A sequence-parallel attention registered through AttentionInterface can be switched on from outside."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    calls = []
+
+    def counting_attention(module, query, key, value, attention_mask, **kwargs):
+        calls.append(query.shape)  # (B, H, L, head_dim)
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+    AttentionInterface.register("longvila_test_attention", counting_attention)
+    torch.manual_seed(0)
+    m = LongVILAForCausalLM(tiny_config()).eval()
+    ids = torch.tensor([[1, IMG, 11, 12, 2]])
+    pv = torch.randn(1, 3, 32, 32)
+    want = m(input_ids=ids, pixel_values=pv).logits
+    m.language_model.set_attn_implementation("longvila_test_attention")
+    got = m(input_ids=ids, pixel_values=pv).logits
+    assert len(calls) == 4 and calls[0] == (1, 4, 5, 32)  # 4 layers, 4 query heads of 32
+    torch.testing.assert_close(got, want)
+    # or chosen through the config at construction
+    cfg = tiny_config()
+    cfg.text_config._attn_implementation = "longvila_test_attention"
+    calls.clear()
+    LongVILAForCausalLM(cfg)(input_ids=ids, pixel_values=pv)
+    assert len(calls) == 4
+
+
+def test_gradient_checkpointing_matches():
+    torch.manual_seed(0)
+    m = LongVILAForCausalLM(tiny_config())
+    ids = torch.tensor([[1, IMG, IMG, 11, 12, 2]])
+    pv = torch.randn(2, 3, 32, 32)
+    m(input_ids=ids, pixel_values=pv, labels=ids).loss.backward()
+    want = {n: p.grad.clone() for n, p in m.named_parameters()}
+    m.zero_grad()
+    m.activation_checkpointing_enable()
+    m.train()
+    m(input_ids=ids, pixel_values=pv, labels=ids).loss.backward()
+    for n, p in m.named_parameters():
+        torch.testing.assert_close(p.grad, want[n], msg=n)
+
+
+def test_batched_generate_with_left_padding_matches_single(tiny_model):
+    a = torch.tensor([1, 10, IMG, IMG, 11, 2, 1])
+    b = torch.tensor([1, IMG, 2, 1])
+    pv = torch.randn(3, 3, 32, 32)  # a's two frames, then b's one
+    ids = torch.zeros(2, 7, dtype=torch.long)
+    mask = torch.zeros(2, 7, dtype=torch.long)
+    ids[0], mask[0] = a, 1
+    ids[1, 3:], mask[1, 3:] = b, 1
+    kw = dict(max_new_tokens=5, min_new_tokens=5, do_sample=False)
+    both = tiny_model.generate(input_ids=ids, attention_mask=mask, pixel_values=pv, **kw)
+    one_a = tiny_model.generate(input_ids=a[None], pixel_values=pv[:2], **kw)
+    one_b = tiny_model.generate(input_ids=b[None], pixel_values=pv[2:], **kw)
+    assert torch.equal(both[0, 7:], one_a[0, 7:])
+    assert torch.equal(both[1, 7:], one_b[0, 4:])
