@@ -78,10 +78,33 @@ def encode_frames_balanced(model, pixel_values: torch.Tensor, mesh: SPMesh) -> t
     return all_gather_varlen(local, mesh.sp_group, 0), end - start
 
 
-def mmsp_forward(model, batch: dict, mesh: SPMesh | None = None) -> MMSPOutput:
+def encode_frames_by_token(model, input_ids: torch.Tensor, pixel_values: torch.Tensor, mesh: SPMesh,
+                           image_token_id: int) -> tuple[torch.Tensor, int]:
+    """The naive baseline of stage a (benchmarks only): rank p encodes the frames whose ``<image>`` token
+    lies in its contiguous 1/P of the token sequence (a frame belongs to the rank of its first token).
+    Returns (visual (N, T, D) in frame order on every rank, frames encoded here)."""
+    n, p, parts = pixel_values.shape[0], mesh.sp_rank, mesh.sp_size
+    flat = (input_ids == image_token_id).reshape(-1).nonzero().squeeze(-1)  # token index of each slot
+    first_slot = flat.reshape(n, -1)[:, 0] % input_ids.shape[1]  # position of each frame in its row
+    owner = first_slot // -(-input_ids.shape[1] // parts)
+    mine = (owner == p).nonzero().squeeze(-1)
+    if mine.numel():
+        local = model.encode_frames(pixel_values[mine])
+    else:
+        dummy = torch.zeros((1, *pixel_values.shape[1:]), dtype=pixel_values.dtype)
+        local = model.encode_frames(dummy)[:0]
+    gathered = all_gather_varlen(local, mesh.sp_group, 0)
+    order = torch.cat([(owner == q).nonzero().squeeze(-1) for q in range(parts)])
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.numel())
+    return gathered.index_select(0, inverse), int(mine.numel())
+
+
+def mmsp_forward(model, batch: dict, mesh: SPMesh | None = None, frame_sharding: str = "balanced") -> MMSPOutput:
     """One MM-SP forward on a batch dict: input_ids (B, L), labels (B, L), position_ids (B, L) (optional,
     restarting at 0 per packed sample), pixel_values (N, 3, S, S) (optional). Every rank of the SP group
-    must pass the same batch. The LLM must have had ``apply_sequence_parallel(model, mesh)``."""
+    must pass the same batch. The LLM must have had ``apply_sequence_parallel(model, mesh)``.
+    ``frame_sharding="token"`` selects the naive stage a (``encode_frames_by_token``), for benchmarks."""
     mesh = mesh or SPMesh.single()
     input_ids, labels = batch["input_ids"], batch["labels"]
     if input_ids.shape != labels.shape or input_ids.dim() != 2:
@@ -96,7 +119,13 @@ def mmsp_forward(model, batch: dict, mesh: SPMesh | None = None) -> MMSPOutput:
     pixel_values = batch.get("pixel_values")
     if pixel_values is not None:
         agree_shapes(pixel_values, mesh.sp_group, "mmsp_forward(pixel_values)")
-        visual, n_local = encode_frames_balanced(model, pixel_values, mesh)
+        if frame_sharding == "balanced":
+            visual, n_local = encode_frames_balanced(model, pixel_values, mesh)
+        elif frame_sharding == "token":
+            visual, n_local = encode_frames_by_token(model, input_ids, pixel_values, mesh,
+                                                     model.config.image_token_id)
+        else:
+            raise ValueError(f"frame_sharding must be 'balanced' or 'token', got {frame_sharding!r}")
         embeds = model.merge_visual_tokens(input_ids, visual)
     else:
         n_local = 0
