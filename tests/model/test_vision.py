@@ -108,3 +108,25 @@ def test_projector_shapes_and_unknown_name():
         build_projector(cfg)
     with pytest.raises(ValueError, match="square grid"):
         neighbourhood_concat(torch.randn(1, 6, 4), 2)
+
+
+def test_open_clip_timm_tower(tmp_path):
+    """A timm-trunk open_clip tower: patch tokens without the CLS prefix, width from vision_config."""
+    import open_clip
+
+    arch = {"embed_dim": 32,
+            "vision_cfg": {"timm_model_name": "vit_tiny_patch16_224", "timm_model_pretrained": False,
+                           "timm_pool": "", "timm_proj": "linear", "image_size": 32},
+            "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1}}
+    (tmp_path / "longvila-test-timm.json").write_text(json.dumps(arch))
+    open_clip.add_model_config(tmp_path / "longvila-test-timm.json")
+    with pytest.raises(ValueError, match="vision_config.hidden_size"):
+        tiny_config(vision_config={"backend": "open_clip", "model_name": "longvila-test-timm"})
+    cfg = tiny_config(vision_config={"backend": "open_clip", "model_name": "longvila-test-timm", "hidden_size": 192})
+    tower = build_vision_tower(cfg).eval()
+    pv = torch.randn(2, 3, 32, 32)
+    tokens = tower(pv)
+    assert tokens.shape == (2, 4, 192)
+    with torch.no_grad():
+        full = tower.visual.trunk.forward_features(pv)  # (N, 1 + 4, C): CLS first
+    torch.testing.assert_close(tokens, full[:, 1:])
