@@ -115,30 +115,40 @@ def _haystack_key(cfg: NeedleConfig) -> str:
     return f"world:eval:{cfg.haystack_seed}"
 
 
+def _cell_path(cells_dir: Path, n: int, depth: float | None) -> Path:
+    return cells_dir / f"f{n:05d}-{'control' if depth is None else f'd{depth:.2f}'}.json"
+
+
 def _signature(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class _Scorer:
-    """Teacher-forced scoring on one process, or sharded over the ranks of an MM-SP group."""
+    """Teacher-forced argmax at the answer tokens: on one process, or sharded over an MM-SP mesh."""
 
-    def __init__(self, lm: runner.LoadedModel, sp_group=None):
-        self.lm, self.sp_group = lm, sp_group
+    def __init__(self, lm: runner.LoadedModel, mesh=None):
+        self.lm, self.mesh = lm, mesh
 
     def __call__(self, embeds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if self.sp_group is None:
-            return runner.teacher_forced_correct(self.lm, embeds, targets)
-        from longvila.parallel import sp_inference  # MM-SP inference (sharded prefill)
+        """embeds (B, L, D) ending with the answers targets (B, k) -> predicted answer ids (B, k)."""
+        k = targets.shape[1]
+        if self.mesh is None:
+            return runner.teacher_forced_argmax(self.lm, embeds, k)
+        from longvila.parallel.inference import sp_score
 
-        return sp_inference.teacher_forced_correct(self.lm.model, embeds, targets, self.sp_group)
+        length = embeds.shape[1]
+        full = torch.full(embeds.shape[:2], -100, dtype=torch.long)
+        full[:, length - k - 1:length - 1] = targets  # target[t] = the token expected after position t
+        argmax = sp_score(self.lm.model.language_model, embeds, full, self.mesh)["argmax"]
+        return argmax[:, length - k - 1:length - 1]
 
 
 def score_cell(lm: runner.LoadedModel, scorer, hay: torch.Tensor, codes: list[str], depth: float | None,
-               needle_emb: torch.Tensor | None) -> tuple[list[bool], list[int]]:
+               needle_emb: torch.Tensor | None) -> tuple[list[bool], list[str], list[int]]:
     """Score every code of one cell in one batch.
 
     hay (N, T, D); needle_emb (len(codes), T, D) or None for the control (no needle). Returns per-code
-    correctness and the needle frame indices (empty for the control).
+    correctness, the predicted answers (decoded argmax) and the needle frame indices (empty for the control).
     """
     n_vis = hay.shape[0] + (0 if depth is None else 1)
     prompt = runner.prompt_ids(lm, prompts.needle_question(), n_vis)
@@ -155,13 +165,18 @@ def score_cell(lm: runner.LoadedModel, scorer, hay: torch.Tensor, codes: list[st
             vis, i = insert_needle(hay, needle_emb[b], depth)
             where.append(i)
         rows.append(runner.embed(lm, ids[b:b + 1], vis))
-    correct = scorer(torch.cat(rows), ans)
-    return [bool(c) for c in correct], where
+    pred = scorer(torch.cat(rows), ans)
+    correct = (pred == ans).all(-1)
+    return [bool(c) for c in correct], [lm.tokenizer.decode(p.tolist()) for p in pred], where
 
 
 def run(cfg: NeedleConfig, lm: runner.LoadedModel | None = None, ckpt: str | None = None,
-        sp_group=None, rank: int = 0) -> dict:
-    """Run (or resume) the grid; returns the summary written to ``<out>/needle.json``."""
+        mesh=None, rank: int = 0) -> dict:
+    """Run (or resume) the grid; returns the summary written to ``<out>/needle.json``.
+
+    ``mesh``: an MM-SP mesh (``longvila.parallel``) to shard the forward pass over; every rank of it calls
+    ``run`` with the same config, and rank 0 writes the files (see ``needle_sp.run_sharded``).
+    """
     from longvila.data import world
 
     if lm is None:
@@ -175,38 +190,40 @@ def run(cfg: NeedleConfig, lm: runner.LoadedModel | None = None, ckpt: str | Non
     t0 = time.time()
     cache = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
     full, hit = runner.cached_embeddings(lm, cache, hay_key, cfg.frames, lambda: _haystack_frames(cfg, cfg.frames))
-    scorer = _Scorer(lm, sp_group)
+    scorer = _Scorer(lm, mesh)
     units = [(n, d) for n in counts for d in cfg.depths] + ([(n, None) for n in counts] if cfg.controls else [])
-    computed = 0
+    done = {}  # finished cells, read once before any work so that every rank skips the same ones
+    for n, depth in units:
+        path, sig = _cell_path(cells_dir, n, depth), _signature(lm.model_hash, hay_key, cfg.frames, n, depth,
+                                                                 cell_codes(cfg.seed, n, cfg.needles), cfg.seed)
+        try:
+            cell = read_json(path) if path.is_file() else None
+        except ValueError:
+            cell = None  # a corrupt cell file is recomputed
+        if cell is not None and cell.get("signature") == sig:
+            done[(n, depth)] = cell
     cells = []
     for n, depth in progress(units, desc="needle grid", unit="cell"):
+        if (n, depth) in done:
+            cells.append(done[(n, depth)])
+            continue
         codes = cell_codes(cfg.seed, n, cfg.needles)
-        tag = "control" if depth is None else f"d{depth:.2f}"
-        path = cells_dir / f"f{n:05d}-{tag}.json"
+        path = _cell_path(cells_dir, n, depth)
         sig = _signature(lm.model_hash, hay_key, cfg.frames, n, depth, codes, cfg.seed)
-        if path.is_file():
-            try:
-                cell = read_json(path)
-                if cell.get("signature") == sig:
-                    cells.append(cell)
-                    continue
-            except ValueError:
-                pass  # a corrupt cell file is recomputed
         hay = full[torch.from_numpy(sample_indices(cfg.frames, n))]
         needle_emb = None
         if depth is not None:
             cards = np.stack([world.code_image(c, "eval", np.random.default_rng([cfg.seed, n, int(c)]))
                               for c in codes])
-            needle_emb = runner.encode_frames(lm, cards)[:, :, :]
-            needle_emb = needle_emb.reshape(len(codes), *needle_emb.shape[1:])
-        correct, where = score_cell(lm, scorer, hay, codes, depth, needle_emb)
+            needle_emb = runner.encode_frames(lm, cards)  # (needles, T, D)
+        correct, pred, where = score_cell(lm, scorer, hay, codes, depth, needle_emb)
         cell = {"frames": n, "depth": depth, "control": depth is None, "codes": codes, "correct": correct,
-                "needle_frame": where, "accuracy": base.accuracy(sum(correct), len(correct)),
+                "predicted": pred, "needle_frame": where, "accuracy": base.accuracy(sum(correct), len(correct)),
                 "signature": sig}
         if rank == 0:
             atomic_write_json(path, cell)
-        computed += 1
         cells.append(cell)
+    computed = len(units) - len(done)
     summary = summarize(cfg, cells, counts)
     summary.update(computed_cells=computed, reused_cells=len(units) - computed, embeddings_cached=hit,
                    seconds=round(time.time() - t0, 2), model_hash=lm.model_hash, haystack=hay_key)

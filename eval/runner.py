@@ -136,16 +136,16 @@ def embed(lm: LoadedModel, input_ids: torch.Tensor, visual: torch.Tensor | None)
 
 
 @torch.inference_mode()
-def teacher_forced_correct(lm: LoadedModel, inputs_embeds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Exact match by teacher forcing.
-
-    inputs_embeds (B, L, D) whose last k positions embed the answers ``targets`` (B, k) -> bool (B,): the
-    argmax at each of the k positions before every answer token equals that token.
-    """
-    k = targets.shape[1]
+def teacher_forced_argmax(lm: LoadedModel, inputs_embeds: torch.Tensor, k: int) -> torch.Tensor:
+    """inputs_embeds (B, L, D) whose last k positions embed an answer -> argmax ids (B, k) predicted for those
+    k answer tokens (at positions L-k-1 .. L-2). The answer is an exact match when they equal it."""
     out = lm.model.language_model(inputs_embeds=inputs_embeds, logits_to_keep=k + 1, use_cache=False)
-    pred = out.logits[:, :k].argmax(-1)
-    return (pred == targets).all(-1)
+    return out.logits[:, :k].argmax(-1)
+
+
+def teacher_forced_correct(lm: LoadedModel, inputs_embeds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Exact match by teacher forcing: inputs_embeds (B, L, D) ending with the answers targets (B, k) -> bool (B,)."""
+    return (teacher_forced_argmax(lm, inputs_embeds, targets.shape[1]) == targets).all(-1)
 
 
 @torch.inference_mode()

@@ -80,7 +80,8 @@ def _cfg(tmp_path, **kw):
 
 
 def test_grid_oracle_and_control(tiny_lm, tmp_path, monkeypatch):
-    """With a scorer that finds the card, needles score 1.0 and the no-needle controls 0.0."""
+    """With a scorer that answers right iff it finds the card, needles score 1.0 and the no-needle
+    controls 0.0."""
     def oracle(self, embeds, targets):
         # A row is correct iff one of its positions holds the visual token of that code's card.
         ok = []
@@ -90,7 +91,9 @@ def test_grid_oracle_and_control(tiny_lm, tmp_path, monkeypatch):
                      for n in needle.frame_counts(_cfg(tmp_path))]
             tokens = runner.encode_frames(tiny_lm, np.stack(cards)).flatten(0, 1)  # (cards * T, D)
             ok.append(bool((embeds[b][:, None] - tokens[None]).abs().amax(-1).lt(1e-5).any()))
-        return torch.tensor(ok)
+        wrong = targets.clone()
+        wrong[:, 0] = (wrong[:, 0] + 1) % tiny_lm.model.config.text_config.vocab_size
+        return torch.where(torch.tensor(ok)[:, None], targets, wrong)  # predicted answer ids
 
     monkeypatch.setattr(needle._Scorer, "__call__", oracle)
     s = needle.run(_cfg(tmp_path), lm=tiny_lm)
@@ -140,3 +143,19 @@ def test_user_video_too_short(tiny_lm, tmp_path):
         needle.run(_cfg(tmp_path, video=str(video)), lm=tiny_lm)
     with pytest.raises(FileNotFoundError, match="missing.mp4: haystack video not found"):
         needle.run(_cfg(tmp_path, video=str(tmp_path / "missing.mp4")), lm=tiny_lm)
+
+
+@pytest.mark.dist
+def test_sharded_grid_matches_one_process(tiny_ckpt, tmp_path):
+    """With --nproc 2 every cell's forward pass is sharded over 2 ranks (MM-SP inference); the predicted
+    answers of every cell equal the one-process run's."""
+    from longvila.eval import needle_sp
+
+    one = needle.run(_cfg(tmp_path / "one", result_name=""), ckpt=str(tiny_ckpt))
+    cfg2 = _cfg(tmp_path / "two", result_name="", nproc=2)
+    two = needle_sp.run_sharded(cfg2, tiny_ckpt, timeout=300)
+    assert two["computed_cells"] == 8 and two["grid"] == one["grid"]
+    for f in sorted((tmp_path / "one" / "needle" / "cells").glob("*.json")):
+        a = json.loads(f.read_text())
+        b = json.loads((tmp_path / "two" / "needle" / "cells" / f.name).read_text())
+        assert a["predicted"] == b["predicted"] and a["codes"] == b["codes"], f.name

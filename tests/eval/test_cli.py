@@ -1,0 +1,41 @@
+"""`longvila eval ...`: the commands the Makefile runs, on a tiny checkpoint; bad input gives a clear error."""
+
+import json
+
+import pytest
+from longvila.eval import cli
+
+
+def test_needle_command(tiny_ckpt, tmp_path, capsys):
+    out = tmp_path / "needle"
+    rc = cli.main(["needle", "--ckpt", str(tiny_ckpt), "--frames", "20", "--steps", "2", "--needles", "2",
+                   "--out", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    summary = json.loads((out / "needle.json").read_text())
+    assert f"accuracy {summary['accuracy']:.3f} over {summary['trials']} needles" in text
+    assert summary["frame_counts"] == [10, 20] and summary["trials"] == 2 * 6 * 2
+    res = json.loads((tmp_path / "results" / "needle-20.json").read_text())
+    assert res["command"].startswith("longvila eval needle --ckpt") and res["config"]["frames"] == 20
+
+
+def test_videomme_command_embedded(tiny_ckpt, tmp_path, capsys, monkeypatch):
+    from longvila.eval import videomme
+
+    small = dict(lengths={"short": 8, "medium": 12, "long": 16}, questions_per_video=1)
+    orig = videomme.EmbeddedConfig
+    monkeypatch.setattr(videomme, "EmbeddedConfig", lambda **kw: orig(**{**small, **kw}))
+    rc = cli.main(["videomme", "--ckpt", str(tiny_ckpt), "--frames", "4,8", "--videos-per-duration", "1",
+                   "--out", str(tmp_path / "vm")])
+    assert rc == 0
+    text = capsys.readouterr().out
+    s = json.loads((tmp_path / "vm" / "videomme.json").read_text())
+    assert s["questions"] == 3 and s["frames"] == [4, 8] and "blind" in text
+    assert (tmp_path / "vm" / "bench" / "videomme.json").is_file()
+
+
+def test_bad_inputs(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        cli.main(["needle", "--ckpt", str(tmp_path), "--frames", "20", "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit):
+        cli.main(["videomme", "--ckpt", str(tmp_path), "--frames", "8,x", "--out", str(tmp_path / "o")])
