@@ -61,6 +61,11 @@ def sp_attention(
     the shards must be contiguous, not zigzag).
     """
     _check_local(q, k, v, segment_ids)
+    if q.device.type != "cpu":
+        raise NotImplementedError(
+            f"sp_attention: the block kernel is PyTorch's CPU flash op; tensors on {q.device} are not supported "
+            "(a flash-attn / ring-flash-attn backend for CUDA is not wired in yet)"
+        )
     if ring not in RINGS:
         raise ValueError(f"unknown ring {ring!r}; choose from {sorted(RINGS)}")
     agree_shapes(q, mesh.sp_group, "sp_attention(q)")

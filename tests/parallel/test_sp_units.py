@@ -164,3 +164,63 @@ def test_planner_rule():
     assert (p.dims.sp_ulysses, p.dims.sp_ring) == (2, 1) and p.padding == 3 and "Ulysses" in str(p)
     with pytest.raises(ValueError, match="kv_heads"):
         plan_layout(heads=6, kv_heads=4, gpus_per_node=2, nodes=1, seq_len=10)
+
+
+def test_naive_token_sharding_on_one_rank_keeps_frame_order():
+    from longvila.model import LongVILAForCausalLM, tiny_config
+    from longvila.parallel.mmsp import encode_frames_balanced, encode_frames_by_token
+
+    torch.manual_seed(0)
+    model = LongVILAForCausalLM(tiny_config())
+    img = model.config.image_token_id
+    ids = torch.tensor([[5, img, img, 7, img, 9]])
+    pix = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        ref = model.encode_frames(pix)
+        naive, n_naive = encode_frames_by_token(model, ids, pix, SPMesh.single(), img)
+        bal, n_bal = encode_frames_balanced(model, pix, SPMesh.single())
+    assert n_naive == n_bal == 3
+    torch.testing.assert_close(naive, ref)
+    torch.testing.assert_close(bal, ref)
+
+
+def test_bench_report_ratios_table_and_result(tmp_path):
+    from longvila.leaderboards.results import load_result
+    from longvila.parallel.bench_report import report
+
+    def m(f, b):
+        return {"fwd_s": f, "fwdbwd_s": b, "peak_mib_per_rank": [10.0, 12.0]}
+
+    raw = {
+        "reference": {"8192": {"fwd_s": 2.0, "fwdbwd_s": 8.0, "peak_mib_per_rank": [30.0]}},
+        "attention-2": {"8192": {"basic_ring": m(1.6, 6.0), "deepspeed_ulysses": m(1.2, 4.8),
+                                 "zigzag_ring": m(1.0, 4.0), "ulysses": m(1.1, 4.4)}},
+        "frames-2": {"balanced": {"step_s": 1.0, "frames_per_rank": [5, 5], "max_over_mean": 1.0},
+                     "token": {"step_s": 1.5, "frames_per_rank": [10, 0], "max_over_mean": 2.0}},
+    }
+    out = report({"seq_lens": [8192], "seed": 0}, raw, tmp_path)
+    met = out["metrics"]
+    assert met["eff_zigzag_ring_2r_8192_fwdbwd"] == 1.0  # 8 / (2 x 4)
+    assert met["eff_basic_ring_2r_8192_fwd"] == round(2.0 / 3.2, 3)
+    assert met["speedup_zigzag_vs_basic_2r_8192_fwdbwd"] == 1.5
+    assert met["speedup_ulysses_vs_deepspeed_2r_8192_fwdbwd"] == round(4.8 / 4.4, 3)
+    assert met["frames_max_over_mean_token_2r_ratio"] == 2.0 and met["speedup_balanced_vs_token_2r"] == 1.5
+    table = (tmp_path / "table.md").read_text()
+    assert "| 2 | 8192 | zigzag_ring | 1.000 | 4.000 | 1.00 | 1.00 | 12 |" in table
+    res = load_result(tmp_path / "sp-bench.json")
+    assert res.benchmark == "sp_bench" and res.metrics["time_zigzag_ring_2r_8192_fwdbwd_s"] == 4.0
+
+
+def test_cli_plan_explains_and_rejects_bad_input(capsys):
+    from longvila.parallel.cli import main
+
+    assert main(["plan", "--heads", "28", "--kv-heads", "4", "--gpus-per-node", "8", "--nodes", "4",
+                 "--seq-len", "1048576"]) == 0
+    out = capsys.readouterr().out
+    assert "sp_ring=8 sp_ulysses=4" in out and "28 heads" in out
+    with pytest.raises(SystemExit):
+        main(["plan", "--heads", "6", "--kv-heads", "4", "--gpus-per-node", "2", "--seq-len", "8"])
+    assert "kv_heads" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench", "--out", "/tmp/x", "--worlds", "3"])
+    assert "cannot split" in capsys.readouterr().err
