@@ -159,19 +159,16 @@ def build_set(out_dir: str | os.PathLike, name: str, num_shards: int, make: Shar
             (out / BUILD_DIR / f"{stale.name}.json").unlink(missing_ok=True)
     if todo:
         (out / MANIFEST).unlink(missing_ok=True)  # a manifest is only ever present for a complete set
-    bar = progress(range(len(todo)), desc=f"{name} shards", total=len(todo), unit="shard")
-    it = iter(bar)
+    bar = progress(todo, desc=f"{name} shards", total=len(todo), unit="shard")  # a tqdm: rate and ETA
     if workers <= 1 or len(todo) <= 1:
-        for k in todo:
+        for k in bar:
             records[k] = _build_one(str(out), k, make, chash, max_shard_bytes)
-            next(it, None)
     else:
         with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork")) as ex:
             futs = {ex.submit(_build_one, str(out), k, make, chash, max_shard_bytes): k for k in todo}
             for fut in cf.as_completed(futs):
                 records[futs[fut]] = fut.result()
-                next(it, None)
-    if hasattr(bar, "close"):
+                bar.update(1)
         bar.close()
     skipped: dict[str, int] = {}
     for rec in records.values():

@@ -108,7 +108,7 @@ def test_resume_after_kill(tmp_path):
     cfg.short_sft.num_samples, cfg.short_sft.per_shard = 40, 2
     resumed = sets.build(cfg, out, sets=["short_sft"], workers=1)["short_sft"]
     fresh = sets.build(cfg, tmp_path / "fresh", sets=["short_sft"], workers=2)["short_sft"]
-    assert resumed == fresh
+    assert resumed == fresh, {k: (resumed[k], fresh[k]) for k in fresh if resumed.get(k) != fresh[k]}
     assert json.loads((out / "short_sft/manifest.json").read_text()) == fresh
 
 
