@@ -264,3 +264,8 @@ def inference_worker(rank: int, world: int, layouts: list) -> dict:
             torch.testing.assert_close(scored["logprob"], logp, atol=1e-5, rtol=1e-5)
         _check(results, f"U{u}R{r}-inference", case)
     return results
+
+
+def mmsp_and_inference_worker(rank: int, world: int, layouts: list, inference_layouts: list) -> dict:
+    """Both checks in one launch (process start-up is the expensive part here)."""
+    return {**mmsp_worker(rank, world, layouts), **inference_worker(rank, world, inference_layouts)}

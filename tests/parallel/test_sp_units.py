@@ -224,3 +224,11 @@ def test_cli_plan_explains_and_rejects_bad_input(capsys):
     with pytest.raises(SystemExit):
         main(["bench", "--out", "/tmp/x", "--worlds", "3"])
     assert "cannot split" in capsys.readouterr().err
+
+
+def test_public_api_resolves():
+    import longvila.parallel as par
+
+    assert all(callable(getattr(par, name)) for name in par.__all__)
+    with pytest.raises(AttributeError):
+        par.no_such_name  # noqa: B018
