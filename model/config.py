@@ -15,8 +15,9 @@ The tiny default, and why (the arithmetic):
   Its parameters: embeddings 824 x 128 = 105k (tied with the head) + 4 layers x (attention 2 x 128 x 128
   + 2 x 128 x 64 + biases = 49.5k, MLP 3 x 128 x 384 = 147k) = 0.89M in all (`longvila model info tiny`).
   One forward over 6,000 tokens is ~2 x 0.79M x 6,000 = 9.5 GFLOP of matmuls plus causal attention
-  4 layers x 2 x 6,000^2 x 128 = 37 GFLOP: measured 3.0 s on 2 threads of this machine's Xeon while other
-  jobs shared it (`longvila model bench-forward --tokens 6000`), i.e. seconds, not minutes.
+  4 layers x 2 x 6,000^2 x 128 = 37 GFLOP. Measured on this machine's 2-core Xeon while ~10 other
+  processes shared it (`longvila model bench-forward --tokens 6000`, best of 3): 1.9 s on one torch
+  thread, 3.0-4.9 s on two (contention). Seconds, not minutes.
 - rope_theta 1e4 and 2,048 positions for the short stages; the long-context stage raises both.
 
 The paper-scale configuration: SigLIP-so400m-patch14-384 (hidden 1152, 27 layers, 16 heads, MLP 4304;

@@ -94,3 +94,11 @@ def test_save_load(processor, tmp_path):
     (tmp_path / "processor_config.json").write_text("{not json")
     with pytest.raises(ValueError, match="processor_config.json"):
         LongVILAProcessor.from_pretrained(tmp_path)
+
+
+def test_settings_must_match_tokenizer(processor):
+    from longvila.model.processing import ProcessorSettings
+
+    bad = ProcessorSettings(image_size=32, tokens_per_frame=1, image_token_id=7, video_token_id=4)
+    with pytest.raises(ValueError, match="image_token_id: the config says 7"):
+        LongVILAProcessor(processor.tokenizer, bad)

@@ -174,3 +174,11 @@ def test_batched_generate_with_left_padding_matches_single(tiny_model):
     one_b = tiny_model.generate(input_ids=b[None], pixel_values=pv[2:], **kw)
     assert torch.equal(both[0, 7:], one_a[0, 7:])
     assert torch.equal(both[1, 7:], one_b[0, 4:])
+
+
+def test_loss_without_labelled_tokens_is_zero_not_nan(tiny_model):
+    logits = torch.randn(2, 5, 824, requires_grad=True)
+    loss = causal_lm_loss(logits, torch.full((2, 5), -100))
+    assert loss.item() == 0.0
+    loss.backward()
+    assert torch.equal(logits.grad, torch.zeros_like(logits))
