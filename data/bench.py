@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 
 def _decode_rate(videos: list[bytes], backend: str, num_frames: int | None) -> float:
     from longvila.data.video_io import read_frames
@@ -22,7 +24,8 @@ def _decode_rate(videos: list[bytes], backend: str, num_frames: int | None) -> f
     return n / (time.perf_counter() - t0)
 
 
-def run(out: str | Path, videos: int = 48, long_videos: int = 4, workers: int = 2, repeats: int = 3) -> dict:
+def run(out: str | Path, videos: int = 48, long_videos: int = 4, workers: int = 2, repeats: int = 3,
+        long_frames: int = 600) -> dict:
     """Build a short-video and a long-video set under ``out`` (timed), then time decoding their shards."""
     from longvila.data import sets, shards
     from longvila.data.video_io import read_frames
@@ -33,7 +36,7 @@ def run(out: str | Path, videos: int = 48, long_videos: int = 4, workers: int = 
     cfg = sets.BuildConfig()
     cfg.short_sft.num_samples, cfg.short_sft.per_shard, cfg.short_sft.image_frac = videos, max(1, videos // 4), 0.0
     cfg.long_sft.num_samples, cfg.long_sft.per_shard = long_videos, max(1, long_videos // 2)
-    cfg.long_sft.min_frames = cfg.long_sft.max_frames = 600
+    cfg.long_sft.min_frames = cfg.long_sft.max_frames = long_frames
     sets.warm_up(False)
     metrics, details = {}, {}
     for name, n in (("short_sft", videos), ("long_sft", long_videos)):
@@ -58,9 +61,34 @@ def run(out: str | Path, videos: int = 48, long_videos: int = 4, workers: int = 
                 metrics[f"decode_{name}_{tag}_{backend}_frames_per_s"] = rate
             metrics[f"decode_{name}_{tag}_decord_over_pyav"] = (metrics[f"decode_{name}_{tag}_decord_frames_per_s"]
                                                                / metrics[f"decode_{name}_{tag}_pyav_frames_per_s"])
-    config = {"videos": videos, "long_videos": long_videos, "workers": workers, "repeats": repeats,
+    config = {"videos": videos, "long_videos": long_videos, "long_frames": long_frames, "workers": workers, "repeats": repeats,
               "short_sft": dataclasses.asdict(cfg.short_sft), "long_sft": dataclasses.asdict(cfg.long_sft)}
     return {"metrics": metrics, "details": details, "config": config, "machine": machine_info()}
+
+
+def _plot(m: dict, path: Path) -> Path:
+    """Bar chart: decode frames/s, decord vs PyAV, per set and sampling (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = [(s, t) for s in ("short_sft", "long_sft") for t in ("all", "8")]
+    x = np.arange(len(groups))
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for j, backend in enumerate(("decord", "pyav")):
+        ax.bar(x + (j - 0.5) * 0.38, [m[f"decode_{s}_{t}_{backend}_frames_per_s"] for s, t in groups], 0.38,
+               label=backend)
+    ax.set_xticks(x, [f"{s}\n{'all frames' if t == 'all' else '8 sampled'}" for s, t in groups], fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("decoded frames / s")
+    ax.set_title("mp4 decode throughput, same shards, one run", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def add_parser(sub) -> None:
@@ -89,7 +117,8 @@ def run_cli(args) -> int:
                                  "command": cmd})
         print(f"wrote {path}")
         return 0
-    kw = dict(details=res["details"], config=res["config"], seed=0, command=cmd)
+    plot = _plot(m, Path(args.out) / "decode.png")
+    kw = dict(details=res["details"], config=res["config"], seed=0, command=cmd, plots={"decode": plot})
     print(f"wrote {write_result(Path(args.out) / 'data-bench.json', 'data_bench', m, **kw)}")
     if args.publish:
         print(f"wrote {write_result('data-bench', 'data_bench', m, **kw)}")

@@ -1,4 +1,4 @@
-"""``longvila data``: build the sets, ingest a user's videos, verify shards, benchmark decoding and building."""
+"""``longvila data``: build the sets, ingest a user's videos, verify shards, preview, benchmark."""
 
 from __future__ import annotations
 
@@ -90,9 +90,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="override a config field, e.g. long_sft.max_frames=600 or short_sft.num_samples=100")
     v = sub.add_parser("verify", help="check every shard's sha256 against its manifest")
     v.add_argument("dir")
-    from longvila.data import bench, ingest
+    from longvila.data import bench, ingest, preview
 
     ingest.add_parser(sub)
     bench.add_parser(sub)
+    preview.add_parser(sub)
     args = ap.parse_args(argv)
-    return {"build": _build, "verify": _verify, "ingest": ingest.run_cli, "bench": bench.run_cli}[args.cmd](args)
+    run = {"build": _build, "verify": _verify, "ingest": ingest.run_cli, "bench": bench.run_cli,
+           "preview": preview.run_cli}
+    return run[args.cmd](args)

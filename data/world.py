@@ -298,8 +298,10 @@ def _new_object(rng, split, objects, free, next_id, digit_prob) -> dict:
         color = str(rng.choice(COLORS))
         if (color, shape) not in taken:
             break
-    obj = {"id": next_id, "shape": shape, "color": color, "size": "large" if is_digit else str(rng.choice(SIZES)),
-           "position": str(rng.choice(free))}
+    size = "large" if is_digit else str(rng.choice(SIZES))
+    if shape == "star" and size == "small":  # a 6-pixel star reads as a blob
+        size = "medium"
+    obj = {"id": next_id, "shape": shape, "color": color, "size": size, "position": str(rng.choice(free))}
     if is_digit:
         obj["digit"] = int(rng.integers(10))
         obj["digit_index"] = int(rng.choice(digit_indices(split, obj["digit"])))
