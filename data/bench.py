@@ -29,7 +29,6 @@ def run(out: str | Path, videos: int = 48, long_videos: int = 4, workers: int = 
     """Build a short-video and a long-video set under ``out`` (timed), then time decoding their shards."""
     from longvila.data import sets, shards
     from longvila.data.video_io import read_frames
-
     from longvila.utils import machine_info
 
     out = Path(out)

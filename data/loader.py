@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from longvila.data.shards import shard_paths
 from longvila.data.video_io import VideoError, read_frames
 

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+
 from longvila.data.vocab import COLORS, POSITIONS, SHAPES
 from longvila.data.world import Event
 

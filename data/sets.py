@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from longvila.data import questions as Q
 from longvila.data import world
 from longvila.data.video_io import encode_mp4

@@ -6,6 +6,8 @@ colours or handwritten digits (scikit-learn's bundled 8x8 digits). Objects appea
 cell, change colour and leave; each such change is one ``Event`` logged at the frame it first shows.
 
 Design choices:
+- A needle card (``code`` option) overlays the scene for its frames; the scene's own events go on
+  underneath and stay in the log.
 - The frame is a 3x3 grid of cells named as in ``vocab.POSITIONS`` ("top left" ... "bottom right"). An
   object at rest sits at its cell's centre and a cell holds at most one object, so "where" has one exact
   answer and objects never overlap. A move glides to the neighbouring cell over a few frames.
@@ -28,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from longvila.data.vocab import COLORS, POSITIONS, SHAPES, SIZES
 
 SPLITS = ("train", "eval")

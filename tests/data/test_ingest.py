@@ -6,9 +6,10 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from longvila.data import ingest, shards, world
 from longvila.data.video_io import encode_mp4, read_frames
-from PIL import Image
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+
 from longvila.data import loader, sets, shards
 from longvila.data.video_io import read_frames
 

@@ -2,8 +2,9 @@
 
 import numpy as np
 import pytest
-from longvila.data import bench, preview, world
 from PIL import Image
+
+from longvila.data import bench, preview, world
 
 
 def test_contact_sheet_png(tmp_path):

@@ -3,6 +3,7 @@
 from collections import Counter
 
 import pytest
+
 from longvila.data import questions as Q
 from longvila.data import world
 

@@ -4,10 +4,11 @@ import io
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from longvila.data import questions as Q
 from longvila.data import sets, shards, world
 from longvila.data.video_io import read_frames
-from PIL import Image
 
 
 @pytest.fixture(scope="module")

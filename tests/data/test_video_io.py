@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from longvila.data import video_io, world
 
 

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from longvila.data import world
 from longvila.data.vocab import COLORS, POSITIONS
 
@@ -100,16 +101,19 @@ def _read_code(img: np.ndarray, n: int, clf) -> str:
 
 
 def test_code_image_is_legible_at_32px():
-    """A classifier trained on the train digits reads eval-split 3-digit codes back from 32x32 cards."""
-    from sklearn.linear_model import LogisticRegression
+    """Digits read back from 32x32 eval cards as well as the raw 8x8 eval digits (classifier fit on train)."""
+    from sklearn.svm import SVC
 
     images, target = world._digits()
-    idx = world.digit_indices("train")
-    clf = LogisticRegression(max_iter=2000).fit(images[idx].reshape(len(idx), -1) * 16, target[idx])
+    tr, ev = world.digit_indices("train"), world.digit_indices("eval")
+    clf = SVC(gamma=0.001).fit(images[tr].reshape(len(tr), -1) * 16, target[tr])
+    raw = clf.score(images[ev].reshape(len(ev), -1) * 16, target[ev])  # ~0.96
     rng = np.random.default_rng(0)
-    codes = ["".join(map(str, rng.integers(0, 10, 3))) for _ in range(60)]
-    right = sum(_read_code(world.code_image(c, "eval", rng), 3, clf) == c for c in codes)
-    assert right / len(codes) >= 0.8, right
+    codes = ["".join(map(str, rng.integers(0, 10, 3))) for _ in range(100)]
+    read = [_read_code(world.code_image(c, "eval", rng), 3, clf) for c in codes]
+    per_digit = np.mean([a == b for r, c in zip(read, codes, strict=True) for a, b in zip(r, c, strict=True)])
+    assert per_digit >= raw - 0.04, (per_digit, raw)
+    assert np.mean([r == c for r, c in zip(read, codes, strict=True)]) >= 0.75
 
 
 def test_code_card_is_distinct_and_logged():
