@@ -18,7 +18,8 @@ Design choices:
 - Long SFT follows LongVILA: cut the video into ``clip_frames`` clips, caption each clip (ground truth by
   default, or a user captioner ``"module:function"`` called as ``fn(frames (n, H, W, 3) uint8, events) ->
   str``), then compose the questions from the clip captions only (``questions.compose_questions``).
-- Context-extension lengths are measured with the shipped tokenizer (``longvila.model.load_tokenizer``).
+- Context-extension lengths are measured with the shipped tokenizer (``longvila.model``'s
+  ``tokenizer.json``): ``num_tokens`` is the whole chat-templated conversation, in [min_tokens, max_tokens].
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from longvila.data import world
 from longvila.data.video_io import encode_mp4
 
 SET_NUMBER = {"align": 0, "pretrain": 1, "short_sft": 2, "context_ext": 3, "long_sft": 4, "short_sft_eval": 5}
+CONTEXT_PROMPT = "Write the log of a video, then answer the question at its end."
+TEMPLATE_TOKENS = 10  # <|im_start|>user\n ... <|im_end|>\n<|im_start|>assistant\n ... <|im_end|>\n
 INTERLEAVED_SEED_BASE = 2**40  # the images of interleaved documents: seeds apart from every set
 EXACT_TYPES = ("counting", "code", "color", "spatial", "digit", "order", "temporal")
 
@@ -280,7 +283,8 @@ def sample_context_ext(cfg: BuildConfig, index: int) -> dict[str, Any]:
     keys = {}  # entry number -> key
     entries = sorted(rng.choice(np.arange(1, 10 * c.keys), c.keys, replace=False).tolist())
     tokens, part = count_tokens(header), 0
-    budget = target - 40  # room for the question and answer
+    # room for the question and answer, the user turn and the chat template around both turns
+    budget = target - 40 - count_tokens(CONTEXT_PROMPT) - TEMPLATE_TOKENS
     while tokens < budget:
         v = world.make_video(seed * 100 + part, 400, "train", render=False)
         part += 1
@@ -298,9 +302,10 @@ def sample_context_ext(cfg: BuildConfig, index: int) -> dict[str, Any]:
     first = min(keys)
     qa = f"Question: What was the key in log entry {first}?\nAnswer: {keys[first]}"
     doc = header + "\n".join(lines) + "\n" + qa
-    conv = [{"from": "human", "value": "Write the log of a video, then answer the question at its end."},
+    conv = [{"from": "human", "value": CONTEXT_PROMPT},
             {"from": "gpt", "value": doc}]
-    rec = _rec("context_ext", index, seed, "long_text", conv, [], num_tokens=count_tokens(doc),
+    rec = _rec("context_ext", index, seed, "long_text", conv, [],
+               num_tokens=count_tokens(doc) + count_tokens(CONTEXT_PROMPT) + TEMPLATE_TOKENS,
                question=f"What was the key in log entry {first}?", answer=keys[first],
                answer_char_offset=doc.index(f"remember the key {keys[first]}"), keys=keys)
     return {"__key__": rec["id"], "json": rec}

@@ -90,10 +90,18 @@ def test_short_videos_match_the_world_and_answers_are_exact(built):
 
 def test_context_ext_lengths_and_far_answer(built):
     cfg, out, _ = built
+    try:
+        from longvila.model import LongVILAProcessor, tiny_config
+
+        proc = LongVILAProcessor.from_config(tiny_config())
+    except ImportError:
+        proc = None
     for s in _samples(out, "context_ext"):
         rec = s["json"]
         doc = rec["conversations"][1]["value"]
-        assert 600 - 60 <= rec["num_tokens"] == sets.count_tokens(doc) <= 900 + 60
+        assert 600 - 60 <= rec["num_tokens"] <= 900
+        if proc is not None:  # the exact length the model sees
+            assert len(proc.encode_conversation(rec["conversations"], [])["input_ids"]) == rec["num_tokens"]
         assert doc.endswith(f"Answer: {rec['answer']}")
         assert rec["answer_char_offset"] < len(doc) // 2, "the answer should sit far back"
         assert doc[rec["answer_char_offset"]:].startswith(f"remember the key {rec['answer']}")
