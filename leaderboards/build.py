@@ -28,7 +28,6 @@ from longvila.leaderboards.tables import (
     sections,
     summary_table,
 )
-
 from longvila.utils import atomic_write_bytes, atomic_write_text
 
 DEFAULT_OUT = Path(__file__).resolve().parent

@@ -13,6 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
 from longvila.leaderboards.results import write_result  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "fixtures" / "results"

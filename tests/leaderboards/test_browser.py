@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from longvila.leaderboards import build as B
 from longvila.leaderboards import cli
 from longvila.leaderboards.browser import check_page, find_chromium, find_problems, inspect_page

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from longvila.leaderboards import build as B
 from longvila.leaderboards import cli, tables
 from longvila.leaderboards.results import ResultError, load_results, write_result
@@ -157,8 +158,9 @@ def test_cli_validate_and_build(site, capsys):
 
 
 def test_loss_series_forms_and_generated_plots(site):
-    from longvila.leaderboards.plots import loss_series
     from PIL import Image
+
+    from longvila.leaderboards.plots import loss_series
 
     assert loss_series({"loss": [3.0, 2.0, 1.5]}) == ([1.0, 2.0, 3.0], [3.0, 2.0, 1.5])
     assert loss_series({"loss": [[10, 3.0], [20, 2.0]]}) == ([10.0, 20.0], [3.0, 2.0])

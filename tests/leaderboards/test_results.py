@@ -5,6 +5,7 @@ import math
 import re
 
 import pytest
+
 from longvila.leaderboards import results as R
 
 
