@@ -32,7 +32,7 @@ def report(cfg: dict, raw: dict, out_dir: Path) -> dict:
     metrics: dict[str, float] = {}
     for r in rows:
         s, w, name = r["seq_len"], r["world"], r["method"]
-        for mode in ("fwd", "fwdbwd"):
+        for mode in ("fwd", "fwdbwd", "fwd_cpu", "fwdbwd_cpu"):
             t = r[f"{mode}_s"]
             metrics[f"time_{name}_{w}r_{s}_{mode}_s"] = round(t, 4)
             if name != "reference":
@@ -42,11 +42,11 @@ def report(cfg: dict, raw: dict, out_dir: Path) -> dict:
     for (w, s, name), r in by.items():
         if name == "zigzag_ring":
             base = by[(w, s, "basic_ring")]
-            for mode in ("fwd", "fwdbwd"):
+            for mode in ("fwd", "fwdbwd", "fwd_cpu", "fwdbwd_cpu"):
                 metrics[f"speedup_zigzag_vs_basic_{w}r_{s}_{mode}"] = round(base[f"{mode}_s"] / r[f"{mode}_s"], 3)
         if name == "ulysses":
             ds = by[(w, s, "deepspeed_ulysses")]
-            for mode in ("fwd", "fwdbwd"):
+            for mode in ("fwd", "fwdbwd", "fwd_cpu", "fwdbwd_cpu"):
                 metrics[f"speedup_ulysses_vs_deepspeed_{w}r_{s}_{mode}"] = round(ds[f"{mode}_s"] / r[f"{mode}_s"], 3)
     frames = {k: v for k, v in raw.items() if k.startswith("frames-")}
     for key, res in frames.items():
@@ -55,7 +55,11 @@ def report(cfg: dict, raw: dict, out_dir: Path) -> dict:
         metrics[f"frames_max_over_mean_token_{w}r_ratio"] = round(res["token"]["max_over_mean"], 3)
         metrics[f"time_mmsp_step_balanced_{w}r_s"] = round(res["balanced"]["step_s"], 4)
         metrics[f"time_mmsp_step_token_{w}r_s"] = round(res["token"]["step_s"], 4)
+        metrics[f"time_mmsp_step_balanced_{w}r_cpu_s"] = round(res["balanced"]["step_cpu_s"], 4)
+        metrics[f"time_mmsp_step_token_{w}r_cpu_s"] = round(res["token"]["step_cpu_s"], 4)
         metrics[f"speedup_balanced_vs_token_{w}r"] = round(res["token"]["step_s"] / res["balanced"]["step_s"], 3)
+        metrics[f"speedup_balanced_vs_token_{w}r_cpu"] = round(
+            res["token"]["step_cpu_s"] / res["balanced"]["step_cpu_s"], 3)
 
     table = _table(rows, frames)
     print(table)
@@ -74,21 +78,23 @@ def report(cfg: dict, raw: dict, out_dir: Path) -> dict:
 
 
 def _table(rows: list[dict], frames: dict) -> str:
-    lines = ["| ranks | tokens | method | fwd s | fwd+bwd s | eff fwd | eff fwd+bwd | peak MiB/rank (max) |",
-             "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| ranks | tokens | method | fwd+bwd CPU s | eff (CPU) fwd | eff (CPU) fwd+bwd | fwd wall s | "
+             "fwd+bwd wall s | eff (wall) fwd+bwd | peak MiB/rank (max) |",
+             "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     order = {m: i for i, m in enumerate(METHODS)}
     for r in sorted(rows, key=lambda r: (r["world"] > 1, r["world"], r["seq_len"], order.get(r["method"], 9))):
-        eff = (f"{r['eff_fwd']:.2f} | {r['eff_fwdbwd']:.2f}" if "eff_fwd" in r else "- | -")
-        lines.append(f"| {r['world']} | {r['seq_len']} | {r['method']} | {r['fwd_s']:.3f} | {r['fwdbwd_s']:.3f} | "
-                     f"{eff} | {max(r['peak_mib_per_rank']):.0f} |")
+        e = {k: (f"{r[k]:.2f}" if k in r else "-") for k in ("eff_fwd_cpu", "eff_fwdbwd_cpu", "eff_fwdbwd")}
+        lines.append(f"| {r['world']} | {r['seq_len']} | {r['method']} | {r['fwdbwd_cpu_s']:.3f} | {e['eff_fwd_cpu']} | "
+                     f"{e['eff_fwdbwd_cpu']} | {r['fwd_s']:.3f} | {r['fwdbwd_s']:.3f} | {e['eff_fwdbwd']} | "
+                     f"{max(r['peak_mib_per_rank']):.0f} |")
     if frames:
-        lines += ["", "| ranks | frame sharding | encoder frames per rank | max/mean | step s (fwd+bwd) |",
-                  "| ---: | --- | --- | ---: | ---: |"]
+        lines += ["", "| ranks | frame sharding | encoder frames per rank | max/mean | step CPU s | step wall s |",
+                  "| ---: | --- | --- | ---: | ---: | ---: |"]
         for key, res in frames.items():
             for mode in ("balanced", "token"):
                 m = res[mode]
                 lines.append(f"| {key.split('-')[1]} | {mode} | {m['frames_per_rank']} | {m['max_over_mean']:.2f} | "
-                             f"{m['step_s']:.3f} |")
+                             f"{m['step_cpu_s']:.3f} | {m['step_s']:.3f} |")
     return "\n".join(lines)
 
 
@@ -105,12 +111,12 @@ def _plot(rows: list[dict], path: Path) -> Path:
         methods = [m for m in METHODS if any(r["method"] == m and r["world"] in (1, w) for r in rows)]
         width = 0.8 / len(methods)
         for i, m in enumerate(methods):
-            ys = [next((r["fwdbwd_s"] for r in rows if r["method"] == m and r["seq_len"] == s
+            ys = [next((r["fwdbwd_cpu_s"] for r in rows if r["method"] == m and r["seq_len"] == s
                         and r["world"] == (1 if m == "reference" else w)), 0.0) for s in lens]
             ax.bar([j + i * width for j in range(len(lens))], ys, width, label=m)
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(lens))], [str(s) for s in lens])
         ax.set_xlabel("tokens")
-        ax.set_ylabel("fwd+bwd time (s), slowest rank")
+        ax.set_ylabel("fwd+bwd CPU time (s), slowest rank")
         ax.set_title(f"causal attention, {w} ranks x 1 thread (reference: 1 process, 1 thread)")
         ax.legend(fontsize=7)
     fig.tight_layout()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+
 from longvila.parallel.attention import segment_ids_from_positions, sp_attention
 from longvila.parallel.comm import all_gather, all_gather_varlen, all_to_all
 from longvila.parallel.mesh import ParallelDims, build_mesh

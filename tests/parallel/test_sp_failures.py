@@ -2,6 +2,7 @@
 
 import pytest
 import sp_workers
+
 from longvila.parallel.launch import run_distributed
 
 pytestmark = pytest.mark.dist

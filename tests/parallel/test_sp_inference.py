@@ -4,6 +4,7 @@ stock one-process Hugging Face generation and forward."""
 import pytest
 import sp_workers
 import torch
+
 from longvila.parallel.hf import apply_sequence_parallel
 from longvila.parallel.inference import sp_generate, sp_score
 from longvila.parallel.launch import run_distributed

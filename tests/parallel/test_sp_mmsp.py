@@ -3,6 +3,7 @@ one-process loss and the one-process gradient of every parameter."""
 
 import pytest
 import sp_workers
+
 from longvila.parallel.launch import run_distributed
 
 pytestmark = pytest.mark.dist

@@ -4,6 +4,7 @@ integration on one rank (packed samples), MM-SP helpers."""
 import pytest
 import torch
 import torch.nn.functional as F
+
 from longvila.parallel.attention import segment_ids_from_positions, sp_attention
 from longvila.parallel.kernels import block_forward, merge
 from longvila.parallel.mesh import ParallelDims, SPMesh, build_mesh
@@ -189,14 +190,14 @@ def test_bench_report_ratios_table_and_result(tmp_path):
     from longvila.parallel.bench_report import report
 
     def m(f, b):
-        return {"fwd_s": f, "fwdbwd_s": b, "peak_mib_per_rank": [10.0, 12.0]}
+        return {"fwd_s": f, "fwdbwd_s": b, "fwd_cpu_s": f / 2, "fwdbwd_cpu_s": b / 2, "peak_mib_per_rank": [10.0, 12.0]}
 
     raw = {
-        "reference": {"8192": {"fwd_s": 2.0, "fwdbwd_s": 8.0, "peak_mib_per_rank": [30.0]}},
+        "reference": {"8192": {**m(2.0, 8.0), "peak_mib_per_rank": [30.0]}},
         "attention-2": {"8192": {"basic_ring": m(1.6, 6.0), "deepspeed_ulysses": m(1.2, 4.8),
                                  "zigzag_ring": m(1.0, 4.0), "ulysses": m(1.1, 4.4)}},
-        "frames-2": {"balanced": {"step_s": 1.0, "frames_per_rank": [5, 5], "max_over_mean": 1.0},
-                     "token": {"step_s": 1.5, "frames_per_rank": [10, 0], "max_over_mean": 2.0}},
+        "frames-2": {"balanced": {"step_s": 1.0, "step_cpu_s": 0.5, "frames_per_rank": [5, 5], "max_over_mean": 1.0},
+                     "token": {"step_s": 1.5, "step_cpu_s": 1.0, "frames_per_rank": [10, 0], "max_over_mean": 2.0}},
     }
     out = report({"seq_lens": [8192], "seed": 0}, raw, tmp_path)
     met = out["metrics"]
@@ -204,9 +205,11 @@ def test_bench_report_ratios_table_and_result(tmp_path):
     assert met["eff_basic_ring_2r_8192_fwd"] == round(2.0 / 3.2, 3)
     assert met["speedup_zigzag_vs_basic_2r_8192_fwdbwd"] == 1.5
     assert met["speedup_ulysses_vs_deepspeed_2r_8192_fwdbwd"] == round(4.8 / 4.4, 3)
+    assert met["eff_zigzag_ring_2r_8192_fwdbwd_cpu"] == 1.0
     assert met["frames_max_over_mean_token_2r_ratio"] == 2.0 and met["speedup_balanced_vs_token_2r"] == 1.5
+    assert met["speedup_balanced_vs_token_2r_cpu"] == 2.0
     table = (tmp_path / "table.md").read_text()
-    assert "| 2 | 8192 | zigzag_ring | 1.000 | 4.000 | 1.00 | 1.00 | 12 |" in table
+    assert "| 2 | 8192 | zigzag_ring | 2.000 | 1.00 | 1.00 | 1.000 | 4.000 | 1.00 | 12 |" in table
     res = load_result(tmp_path / "sp-bench.json")
     assert res.benchmark == "sp_bench" and res.metrics["time_zigzag_ring_2r_8192_fwdbwd_s"] == 4.0
 
