@@ -124,16 +124,18 @@ def _signature(*parts) -> str:
 
 
 class _Scorer:
-    """Teacher-forced argmax at the answer tokens: on one process, or sharded over an MM-SP mesh."""
+    """Teacher-forced argmax at the answer tokens: on one process (the shared prefix computed once), or
+    sharded over an MM-SP mesh."""
 
     def __init__(self, lm: runner.LoadedModel, mesh=None):
         self.lm, self.mesh = lm, mesh
 
-    def __call__(self, embeds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """embeds (B, L, D) ending with the answers targets (B, k) -> predicted answer ids (B, k)."""
+    def __call__(self, embeds: torch.Tensor, targets: torch.Tensor, shared: int = 0) -> torch.Tensor:
+        """embeds (B, L, D) ending with the answers targets (B, k), the first ``shared`` positions equal in
+        every row -> predicted answer ids (B, k)."""
         k = targets.shape[1]
         if self.mesh is None:
-            return runner.teacher_forced_argmax(self.lm, embeds, k)
+            return runner.teacher_forced_argmax_shared(self.lm, embeds[:1, :shared], embeds[:, shared:], k)
         from longvila.parallel.inference import sp_score
 
         length = embeds.shape[1]
@@ -165,7 +167,12 @@ def score_cell(lm: runner.LoadedModel, scorer, hay: torch.Tensor, codes: list[st
             vis, i = insert_needle(hay, needle_emb[b], depth)
             where.append(i)
         rows.append(runner.embed(lm, ids[b:b + 1], vis))
-    pred = scorer(torch.cat(rows), ans)
+    slots = (ids[0] == lm.model.config.image_token_id).nonzero().flatten()
+    tpf = hay.shape[1]
+    # rows are equal up to the needle's first visual token (the control: up to the answer)
+    shared = int(slots[min(where) * tpf]) if where else prompt.shape[0]
+    shared = min(shared, prompt.shape[0] - 1)  # the last prompt position predicts the first answer token
+    pred = scorer(torch.cat(rows), ans, shared)
     correct = (pred == ans).all(-1)
     return [bool(c) for c in correct], [lm.tokenizer.decode(p.tolist()) for p in pred], where
 

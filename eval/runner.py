@@ -11,7 +11,8 @@ Design choices:
   at every answer position equals the answer token. For a fixed-length answer this is exactly "greedy
   generation reproduces the answer", at the cost of one forward pass for a whole batch of needles.
 - Only the last few positions go through the LM head (``logits_to_keep``): a 6,000-token prompt then costs
-  a (B, k, vocab) logits tensor, not (B, 6000, vocab).
+  a (B, k, vocab) logits tensor, not (B, 6000, vocab). Rows that share a prefix (the haystack before a
+  needle, or the whole prompt of a no-needle control) run that prefix once and share its key/value cache.
 """
 
 from __future__ import annotations
@@ -140,6 +141,29 @@ def teacher_forced_argmax(lm: LoadedModel, inputs_embeds: torch.Tensor, k: int) 
     """inputs_embeds (B, L, D) whose last k positions embed an answer -> argmax ids (B, k) predicted for those
     k answer tokens (at positions L-k-1 .. L-2). The answer is an exact match when they equal it."""
     out = lm.model.language_model(inputs_embeds=inputs_embeds, logits_to_keep=k + 1, use_cache=False)
+    return out.logits[:, :k].argmax(-1)
+
+
+@torch.inference_mode()
+def teacher_forced_argmax_shared(lm: LoadedModel, prefix: torch.Tensor, suffixes: torch.Tensor, k: int) -> torch.Tensor:
+    """The same as ``teacher_forced_argmax`` on rows that share a prefix, computing the prefix once.
+
+    prefix (1, P, D) (P may be 0), suffixes (B, S, D) ending with the k answer tokens -> argmax ids (B, k).
+    The prefix's key/value cache is computed with batch 1 and repeated for the B rows, so a haystack shared
+    by B needles before the needle's position costs one row, not B.
+    """
+    if suffixes.shape[1] < k + 1:
+        raise ValueError(f"suffixes have {suffixes.shape[1]} positions; they must hold the position before the "
+                         f"first answer token and the {k} answer tokens")
+    if prefix.shape[1] == 0:
+        return teacher_forced_argmax(lm, suffixes, k)
+    llm = lm.model.language_model
+    cache = llm(inputs_embeds=prefix, use_cache=True, logits_to_keep=1).past_key_values
+    cache.batch_repeat_interleave(suffixes.shape[0])
+    p = prefix.shape[1]
+    pos = torch.arange(p, p + suffixes.shape[1]).expand(suffixes.shape[0], -1)
+    out = llm(inputs_embeds=suffixes, past_key_values=cache, position_ids=pos, use_cache=True,
+              logits_to_keep=k + 1)
     return out.logits[:, :k].argmax(-1)
 
 

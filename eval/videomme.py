@@ -164,7 +164,7 @@ TASK_TYPES = {"code": "OCR Problems", "counting": "Counting Problem", "temporal"
 class EmbeddedConfig:
     out: str = "artifacts/eval/videomme/bench"
     videos_per_duration: int = 20
-    lengths: dict = field(default_factory=lambda: {"short": 64, "medium": 256, "long": 1024})  # frames
+    lengths: dict = field(default_factory=lambda: {"short": 64, "medium": 512, "long": 2048})  # frames
     clips: int = 8  # captioned clips a video is cut into before questions are composed
     questions_per_video: int = 3  # the code question + this many minus one of the other types
     code_fraction: float = 1 / 32  # the code card is visible for this share of the video

@@ -73,6 +73,24 @@ def test_teacher_forced_equals_greedy(tiny_lm):
     assert runner.teacher_forced_correct(tiny_lm, embeds, targets).tolist() == [True, False]
 
 
+def test_shared_prefix_scoring_equals_full(tiny_lm):
+    """Computing the shared haystack prefix once gives the same argmax as B full forward passes."""
+    torch.manual_seed(2)
+    D = tiny_lm.model.config.text_config.hidden_size
+    rows = torch.randn(3, 40, D)
+    rows[1:, :25] = rows[0, :25]
+    full = runner.teacher_forced_argmax(tiny_lm, rows, 3)
+    shared = runner.teacher_forced_argmax_shared(tiny_lm, rows[:1, :25], rows[:, 25:], 3)
+    assert torch.equal(full, shared)
+    logits_full = tiny_lm.model.language_model(inputs_embeds=rows, use_cache=False).logits[:, -4:]
+    llm = tiny_lm.model.language_model
+    cache = llm(inputs_embeds=rows[:1, :25], use_cache=True).past_key_values
+    cache.batch_repeat_interleave(3)
+    pos = torch.arange(25, 40).expand(3, -1)
+    logits_shared = llm(inputs_embeds=rows[:, 25:], past_key_values=cache, position_ids=pos).logits[:, -4:]
+    torch.testing.assert_close(logits_shared, logits_full, atol=2e-5, rtol=1e-4)
+
+
 def _cfg(tmp_path, **kw):
     base = dict(out=str(tmp_path / "needle"), frames=40, steps=2, needles=3, depths=(0.0, 0.5, 1.0), seed=0)
     base.update(kw)
@@ -82,7 +100,7 @@ def _cfg(tmp_path, **kw):
 def test_grid_oracle_and_control(tiny_lm, tmp_path, monkeypatch):
     """With a scorer that answers right iff it finds the card, needles score 1.0 and the no-needle
     controls 0.0."""
-    def oracle(self, embeds, targets):
+    def oracle(self, embeds, targets, shared=0):
         # A row is correct iff one of its positions holds the visual token of that code's card.
         ok = []
         for b in range(len(targets)):
@@ -111,11 +129,11 @@ def test_resume_computes_only_missing_cells(tiny_lm, tmp_path, monkeypatch):
     calls = []
     real = needle._Scorer.__call__
 
-    def flaky(self, embeds, targets):
+    def flaky(self, embeds, targets, shared=0):
         if len(calls) == 4:
             raise KeyboardInterrupt("killed")
         calls.append(1)
-        return real(self, embeds, targets)
+        return real(self, embeds, targets, shared)
 
     monkeypatch.setattr(needle._Scorer, "__call__", flaky)
     with pytest.raises(KeyboardInterrupt):
