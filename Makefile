@@ -18,7 +18,7 @@ export PYTHONUNBUFFERED ?= 1
 
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
 
-.PHONY: all setup data train-all-stages needle videomme leaderboards bench bench-sp bench-data test test-fast lint tokenizer clean
+.PHONY: all setup browser-setup data train-all-stages needle videomme leaderboards bench bench-sp bench-data test test-fast lint tokenizer clean
 
 all: setup data train-all-stages needle videomme leaderboards
 	@echo "leaderboard: leaderboards/README.md and leaderboards/index.html"
@@ -33,6 +33,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q -c constraints.txt -e ".[openclip,lmms,dev]"
 	rm -f $(VENV)/.installed-* && touch $@
+
+# Debian's chromium + websocket-client for the leaderboard page's real-browser check (CI runs it).
+browser-setup: setup
+	leaderboards/setup_browser.sh $(VENV)
 
 data: setup
 	$(LV) data build --out $(ART)/data
