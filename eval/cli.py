@@ -58,6 +58,14 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command = "longvila eval " + shlex.join(sys.argv[2:] if argv is None else argv)
+    try:
+        return _run(args, command)
+    except (FileNotFoundError, ValueError) as e:  # bad input: one line naming the file or field
+        print(f"longvila eval {args.cmd}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace, command: str) -> int:
     if args.cmd == "needle":
         from longvila.eval import needle
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from lmms_eval.api.model import lmms
-from longvila.eval import runner
 
+from longvila.eval import runner
 from longvila.utils import progress
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"

@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from longvila.eval import base, prompts, runner
 
+from longvila.eval import base, prompts, runner
 from longvila.utils import atomic_write_json, progress, read_json
 
 CODE_DIGITS = 3

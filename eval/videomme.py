@@ -35,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from longvila.eval import base, prompts, runner
 
+from longvila.eval import base, prompts, runner
 from longvila.utils import atomic_write_bytes, atomic_write_json, progress, read_json
 
 FIELDS = ("video_id", "duration", "domain", "sub_category", "videoID", "question_id", "task_type", "question",

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+
 from longvila.eval import cli
 
 
@@ -34,8 +35,12 @@ def test_videomme_command_embedded(tiny_ckpt, tmp_path, capsys, monkeypatch):
     assert (tmp_path / "vm" / "bench" / "videomme.json").is_file()
 
 
-def test_bad_inputs(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no config.json"):
-        cli.main(["needle", "--ckpt", str(tmp_path), "--frames", "20", "--out", str(tmp_path / "o")])
+def test_bad_inputs(tmp_path, tiny_ckpt, capsys):
+    assert cli.main(["needle", "--ckpt", str(tmp_path), "--frames", "20", "--out", str(tmp_path / "o")]) == 2
+    assert f"longvila eval needle: error: {tmp_path}: not a checkpoint folder (no config.json)" in \
+        capsys.readouterr().err
+    assert cli.main(["videomme", "--ckpt", str(tiny_ckpt), "--videomme-root", str(tmp_path / "nope"),
+                     "--out", str(tmp_path / "o")]) == 2
+    assert "nope: Video-MME folder not found" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["videomme", "--ckpt", str(tmp_path), "--frames", "8,x", "--out", str(tmp_path / "o")])

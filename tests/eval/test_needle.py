@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+
 from longvila.data import world
 from longvila.eval import needle, runner
 

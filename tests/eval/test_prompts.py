@@ -1,6 +1,7 @@
 """Prompt snapshots and answer extraction: an accidental change to what the model is asked shows here."""
 
 import pytest
+
 from longvila.eval import prompts
 
 VIDEOMME_SNAPSHOT = (

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+
 from longvila.eval import prompts, videomme
 
 ROWS = [
