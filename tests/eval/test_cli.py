@@ -44,3 +44,13 @@ def test_bad_inputs(tmp_path, tiny_ckpt, capsys):
     assert "nope: Video-MME folder not found" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["videomme", "--ckpt", str(tmp_path), "--frames", "8,x", "--out", str(tmp_path / "o")])
+
+
+def test_registry():
+    from longvila.eval import base, needle, videomme
+
+    assert base.benchmarks() == ["needle", "videomme"]
+    assert base.get_benchmark("needle").run is needle.run
+    assert base.get_benchmark("videomme").config_cls is videomme.VideoMMEConfig
+    with pytest.raises(ValueError, match="unknown benchmark 'needel'; known: needle, videomme"):
+        base.get_benchmark("needel")
