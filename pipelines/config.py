@@ -65,6 +65,7 @@ class DataCfg:
     seq_len: int = 512  # tokens per packed row (text-only sets) / cap for one sample
     batch: int = 8  # samples per micro-batch per data-parallel rank
     curriculum: tuple[Phase, ...] = ()  # overrides frames/batch/steps phase by phase when set
+    max_turns: int = 0  # QA turns kept per sample, chosen at random (0 = all)
     needle_frac: float = 0.0  # share of each micro-batch made of synthetic needle-in-a-haystack samples
     workers: int = 0  # loader worker processes
 
@@ -199,10 +200,13 @@ def stage3() -> StageConfig:
         stage=3,
         name="short_sft",
         model=replace(s.model, train=MODULES),
-        data=replace(s.data, sets=("short_sft",), frames=8, batch=8),
-        optim=replace(s.optim, lr=5e-4),
-        schedule=replace(s.schedule, steps=150, warmup_steps=10),
-        eval=EvalCfg(set="short_sft_eval", frames=8),
+        # all frames of the 8-32-frame clips; a quarter needle samples so the vision tower learns to read
+        # code cards before stage 5 looks for them in long videos
+        data=replace(s.data, sets=("short_sft",), frames=32, batch=8, needle_frac=0.25),
+        optim=replace(s.optim, lr=1e-3),
+        schedule=replace(s.schedule, steps=400, warmup_steps=20),
+        checkpoint=replace(s.checkpoint, every_steps=100),
+        eval=EvalCfg(set="short_sft_eval", frames=32),
     )
 
 
@@ -219,7 +223,7 @@ def stage4() -> StageConfig:
             rope_schedule=rope_schedule(TINY_BASE_POSITIONS, TINY_BASE_THETA),
             context_length=8192,
         ),
-        data=replace(s.data, sets=("context_ext",), frames=0, seq_len=8192, batch=1),
+        data=replace(s.data, sets=("context_ext",), frames=0, seq_len=8192, batch=1, needle_frac=0.0),
         optim=replace(s.optim, lr=3e-4),
         schedule=replace(s.schedule, steps=30, warmup_steps=3),
         parallel=replace(s.parallel, sp_ring=2),
@@ -240,6 +244,7 @@ def stage5() -> StageConfig:
             s.data,
             sets=("long_sft",),
             needle_frac=0.5,
+            max_turns=2,
             curriculum=(
                 Phase(frames=32, batch=16, steps=60),
                 Phase(frames=64, batch=8, steps=60),
@@ -253,7 +258,7 @@ def stage5() -> StageConfig:
         optim=replace(s.optim, lr=5e-4),
         schedule=replace(s.schedule, warmup_steps=10, kind="cosine"),
         checkpoint=replace(s.checkpoint, every_steps=50),
-        eval=EvalCfg(set="short_sft_eval", frames=8),
+        eval=EvalCfg(set="short_sft_eval", frames=32),
     )
 
 

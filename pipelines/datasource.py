@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from longvila.pipelines.config import Phase
 
 log = logging.getLogger(__name__)
@@ -88,9 +89,36 @@ def _image(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))[None]
 
 
-def encode_sample(sample: dict[str, Any], frames: int, seq_len: int, processor) -> dict[str, Any]:
-    """One sample -> input_ids (L,), labels (L,), pixel_values (N, 3, S, S) or None, num_frames list."""
+def pick_turns(conv: list[dict[str, str]], k: int, rng: np.random.Generator) -> list[dict[str, str]]:
+    """Keep ``k`` random question/answer pairs of a conversation (in order); the visual placeholders of the
+    dropped turns move to the first kept question, so the sample keeps all its media."""
+    pairs = [conv[i:i + 2] for i in range(0, len(conv) - 1, 2)]
+    if k <= 0 or len(pairs) <= k:
+        return conv
+    keep = sorted(rng.choice(len(pairs), k, replace=False).tolist())
+    lead = "".join(_PLACEHOLDER.findall(" ".join(t["value"] for p in pairs[:keep[0] + 1] for t in p[:1])))
+    moved = [{**pairs[keep[0]][0], "value": (lead + "\n" if lead else "") +
+              _PLACEHOLDER.sub("", pairs[keep[0]][0]["value"]).lstrip()}, pairs[keep[0]][1]]
+    out = moved
+    for i in keep[1:]:
+        out += pairs[i]
+    later = _PLACEHOLDER.findall(" ".join(t["value"] for i, p in enumerate(pairs) if i not in keep and i > keep[0]
+                                          for t in p[:1]))
+    if later:
+        raise ValueError("pick_turns: placeholders after the first kept turn are not supported")
+    return out
+
+
+def encode_sample(sample: dict[str, Any], frames: int, seq_len: int, processor, max_turns: int = 0,
+                  rng: np.random.Generator | None = None) -> dict[str, Any]:
+    """One sample -> input_ids (L,), labels (L,), pixel_values (N, 3, S, S) or None, num_frames list.
+
+    ``max_turns`` > 0 keeps that many random QA turns (``pick_turns``), which bounds the text of samples
+    with many long answers."""
     rec = sample["json"]
+    if max_turns:
+        rec = {**rec, "conversations": pick_turns(rec["conversations"], max_turns,
+                                                  rng or np.random.default_rng(0))}
     text = " ".join(t.get("value", "") for t in rec["conversations"])
     kinds = _PLACEHOLDER.findall(text)
     pix, counts, n_img = [], [], 0
@@ -172,7 +200,8 @@ def rank_order(n: int, seed: int, dp_rank: int, dp: int, start: int, count: int)
 
 
 def stream(data_root: str | Path, sets: tuple[str, ...], phase: Phase, seed: int, skip: int, dp_rank: int,
-           dp: int, seq_len: int, processor, needle_frac: float = 0.0) -> Iterator[dict[str, Any]]:
+           dp: int, seq_len: int, processor, needle_frac: float = 0.0, max_turns: int = 0
+           ) -> Iterator[dict[str, Any]]:
     """Endless micro-batches of a dp rank, starting at micro-batch ``skip`` (see the module docstring).
 
     Micro-batch m holds the samples at stream positions [m*B, (m+1)*B); a sample that fails to decode is
@@ -192,7 +221,7 @@ def stream(data_root: str | Path, sets: tuple[str, ...], phase: Phase, seed: int
         for i in rank_order(len(pool), seed, dp_rank, dp, m * phase.batch, phase.batch - n_needle):
             seen += 1
             try:
-                it = encode_sample(pool[i], phase.frames, seq_len, processor)
+                it = encode_sample(pool[i], phase.frames, seq_len, processor, max_turns, rng)
             except (VideoError, ValueError) as e:
                 skipped += 1
                 log.warning("skipped sample %s (%s)", pool[i].get("__key__"), e)

@@ -25,6 +25,7 @@ import socket
 from typing import Any
 
 import torch
+
 from longvila.pipelines.config import StageConfig
 
 

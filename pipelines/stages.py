@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from longvila.pipelines.config import Phase, StageConfig
 from longvila.pipelines.trainer import Context, Task
 
@@ -101,7 +102,7 @@ def make_task(cfg: StageConfig, data_root: str | Path) -> Task:
     def batches(pi: int, phase: Phase, skip: int, ctx: Context) -> Iterator[dict[str, Any]]:
         return datasource.stream(data_root, cfg.data.sets, phase, seed=cfg.seed * 1000 + pi, skip=skip,
                                  dp_rank=ctx.dp_rank, dp=ctx.dp, seq_len=cfg.data.seq_len,
-                                 processor=state["processor"], needle_frac=cfg.data.needle_frac)
+                                 processor=state["processor"], needle_frac=cfg.data.needle_frac, max_turns=cfg.data.max_turns)
 
     def evaluate(model, ctx: Context) -> dict[str, Any]:
         from longvila.pipelines.evaluate import short_video_qa

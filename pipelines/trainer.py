@@ -29,11 +29,11 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+
 from longvila.pipelines import checkpoint as ck
 from longvila.pipelines.config import ConfigError, Phase, StageConfig, validate
 from longvila.pipelines.engine import build_engine, init_distributed, sp_loss_scale
 from longvila.pipelines.logs import MetricsLog, plot_loss, summarize
-
 from longvila.utils import atomic_write_json, progress, seed_everything, utc_now
 
 
@@ -205,7 +205,8 @@ def train(cfg: StageConfig, task: Task, out: str | os.PathLike, init: str | os.P
             log.log(record)
         if rank == 0 and hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{record['loss']:.3f}", frames=phase.frames)
-        if done % cfg.checkpoint.every_steps == 0 and done < total:
+        # NOTE: also at the last step, so a failure in the evaluation or the publishing does not cost training
+        if done % cfg.checkpoint.every_steps == 0 or done == total:
             _save_step(cfg, ctx, run_dir, done, model, task, optimizer, scheduler, {"step": done})
         if done == kill_after:
             os._exit(17)

@@ -1,8 +1,9 @@
 """One stage-5 training step through the trainer's engine, written out as gradients (run under torchrun).
 
-``python -m torch.distributed.run --nproc_per_node=W mmsp_grad_check.py OUT MODE``: MODE ``sp`` puts all
-ranks in one SP group on the same sample; ``dp`` gives each rank its own sample (sp=1). Rank 0 writes
-every trainable parameter's gradient after DeepSpeed's reduction (ZeRO stage 0 keeps them in .grad).
+``python -m torch.distributed.run --nproc_per_node=W mmsp_grad_check.py OUT_DIR``: runs two layouts in
+turn: ``sp`` puts all ranks in one SP group on the same sample; ``dp`` gives each rank its own sample
+(sp=1). Rank 0 writes every trainable parameter's gradient after DeepSpeed's reduction (ZeRO stage 0 keeps
+them in .grad) to OUT_DIR/<mode>.safetensors.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def sample(i: int, frames: int = 6) -> dict:
             "pixel_values": torch.randn(frames, 3, 32, 32, generator=g)}
 
 
-def main(out: str, mode: str) -> None:
+def step(out: str, mode: str) -> None:
     rank, world = init_distributed(120)
     sp = world if mode == "sp" else 1
     cfg = apply_overrides(stage5(), [f"parallel.sp_ring={sp}", "parallel.zero_stage=0", "optim.grad_clip=0"])
@@ -50,4 +51,5 @@ def main(out: str, mode: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    for mode in ("sp", "dp"):
+        step(f"{sys.argv[1]}/{mode}.safetensors", mode)

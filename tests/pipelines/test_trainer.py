@@ -1,4 +1,4 @@
-"""The stage trainer on a tiny Qwen2: resume after a kill, frozen modules, checkpoint refusal, logs."""
+"""The stage trainer on a tiny Qwen2: resume after a kill, stale and partial checkpoints refused, logs."""
 
 import json
 import os
@@ -42,6 +42,9 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
     assert p.returncode != 0
     assert not (tmp_path / "b" / "stage1").exists()  # nothing published by the killed run
     assert (tmp_path / "b" / "stage1.run" / "ckpt" / "step-000004" / "COMPLETE").is_file()
+    # resuming with another config is refused (a stale checkpoint), naming the field
+    p = run(tmp_path / "b", 6, 1, "optim.lr=1e-2", nproc=2, check=False)
+    assert p.returncode != 0 and "stale checkpoint" in p.stderr and "optim.lr" in p.stderr
     run(tmp_path / "b", 6, nproc=2)  # resumes from step 4
     a, b = losses(tmp_path / "a" / "stage1"), losses(tmp_path / "b" / "stage1")
     assert len(a) == len(b) == 6
@@ -55,28 +58,6 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
     assert summary["steps"] == 6 and summary["world_size"] == 2 and summary["tokens"] == 6 * 2 * 4 * 16
     assert (tmp_path / "b" / "stage1" / "loss.png").stat().st_size > 1000
     assert not (tmp_path / "b" / "stage1.run").exists()
-
-
-@pytest.mark.slow
-def test_frozen_modules_stay_bit_for_bit(tmp_path):
-    run(tmp_path, 3, 1)
-    run(tmp_path, 3, 2, "model.train=mm_projector")
-    w1 = load_file(tmp_path / "stage1" / "model.safetensors")
-    w2 = load_file(tmp_path / "stage2" / "model.safetensors")
-    changed = {k for k in w1 if not (w1[k] == w2[k]).all()}
-    assert changed == {"lm_head.weight"}  # only the trained module moved
-    ck.verify(tmp_path / "stage2")
-    assert json.loads((tmp_path / "stage2" / "summary.json").read_text())["init"] == str(tmp_path / "stage1")
-    # a stage whose previous stage was never finished is refused before any work
-    p = run(tmp_path, 3, 4, check=False)
-    assert p.returncode != 0 and "stage3: checkpoint folder does not exist" in p.stderr
-
-
-@pytest.mark.slow
-def test_stale_checkpoint_is_refused(tmp_path):
-    run(tmp_path, 4, 1, env={"LONGVILA_KILL_AFTER_STEP": "3"}, check=False)
-    p = run(tmp_path, 4, 1, "optim.lr=1e-2", check=False)
-    assert p.returncode != 0 and "stale checkpoint" in p.stderr and "optim.lr" in p.stderr
 
 
 def test_verify_refuses_partial_and_corrupt(tmp_path):
