@@ -43,6 +43,8 @@ def rope_schedule(base_positions: int, base_theta: float) -> tuple[tuple[int, fl
 @dataclass(frozen=True)
 class ModelCfg:
     name: str = "tiny"  # model preset used when a stage starts from scratch (stage 1 without --from)
+    vision_pretrained: str = ""  # from scratch: a local SigLIP folder for the vision tower ("" = random)
+    llm_pretrained: str = ""  # from scratch: a local Qwen2 folder (AutoModelForCausalLM) for the LLM
     train: tuple[str, ...] = ("mm_projector",)  # modules that receive gradients; the others stay frozen
     # Context extension: (max positions, rope theta) rows; empty keeps the checkpoint's RoPE settings.
     rope_schedule: tuple[tuple[int, float], ...] = ()

@@ -44,6 +44,9 @@ def build_model(cfg: StageConfig, init: Path | None):
         if cfg.rope():
             set_rope(config, *cfg.rope())
         torch.manual_seed(cfg.seed)
+        if cfg.model.vision_pretrained or cfg.model.llm_pretrained:  # real scale: SigLIP + Qwen2 weights
+            return LongVILAForCausalLM.from_parts(config, vision_pretrained=cfg.model.vision_pretrained or None,
+                                                  llm_pretrained=cfg.model.llm_pretrained or None)
         return LongVILAForCausalLM(config)
     config = LongVILAConfig.from_pretrained(init)
     if cfg.rope():

@@ -12,11 +12,12 @@ import dataclasses
 import sys
 
 import torch
+from safetensors.torch import save_file
+
 from longvila.pipelines.config import apply_overrides, stage5
 from longvila.pipelines.engine import build_engine, init_distributed, sp_loss_scale
 from longvila.pipelines.stages import build_model, make_mesh, mmsp_loss, modules, setup
 from longvila.pipelines.trainer import Context, _freeze
-from safetensors.torch import save_file
 
 
 def sample(i: int, frames: int = 6) -> dict:

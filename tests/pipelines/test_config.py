@@ -3,6 +3,7 @@
 import dataclasses
 
 import pytest
+
 from longvila.pipelines.config import (
     MODULES,
     ConfigError,
@@ -98,3 +99,25 @@ def test_unknown_stage_and_layout_errors():
         validate(stage4(), world_size=3)
     with pytest.raises(ConfigError, match="sp_ring=0"):
         apply_overrides(stage4(), ["parallel.sp_ring=0"])
+
+
+def test_lr_schedule_warmup_cosine_and_constant():
+    from longvila.pipelines.engine import lr_lambda
+
+    cfg = apply_overrides(stage3(), ["schedule.steps=100", "schedule.warmup_steps=10", "schedule.min_lr_ratio=0.1"])
+    f = lr_lambda(cfg)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0) and f(55) == pytest.approx(0.55) and f(100) == pytest.approx(0.1)
+    assert all(f(i) >= f(i + 1) for i in range(10, 100))
+    g = lr_lambda(apply_overrides(cfg, ["schedule.kind=constant"]))
+    assert g(5) == pytest.approx(0.6) and g(50) == g(99) == 1.0
+
+
+def test_sp_loss_scale_turns_world_mean_into_sum_over_sp_mean_over_dp():
+    from longvila.pipelines.engine import sp_loss_scale
+
+    # world = dp x sp ranks; rank losses l[d][s] sum over s to the group's loss; the engine takes the mean
+    dp, sp = 2, 3
+    losses = [[0.5, 1.0, 2.0], [1.5, 0.25, 0.25]]
+    engine_mean = sum(sp_loss_scale(sp) * x for row in losses for x in row) / (dp * sp)
+    assert engine_mean == pytest.approx(sum(sum(row) for row in losses) / dp)

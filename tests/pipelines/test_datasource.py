@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+
 from longvila.pipelines import datasource as ds
 
 
@@ -64,3 +65,18 @@ def test_needle_sample_has_the_card_and_the_code_as_answer(pool):
     at = int(s["id"].split("-")[2].split("of")[0])
     brightness = s["pixel_values"].mean(dim=(1, 2, 3))
     assert int(brightness.argmax()) == at
+
+
+def test_pick_turns_keeps_pairs_in_order_and_the_placeholder_first():
+    conv = []
+    for i in range(5):
+        conv += [{"from": "human", "value": ("<video>\n" if i == 0 else "") + f"Q{i}"},
+                 {"from": "gpt", "value": f"A{i}"}]
+    for seed in range(6):
+        out = ds.pick_turns(conv, 2, np.random.default_rng(seed))
+        assert len(out) == 4 and out[0]["value"].startswith("<video>\n")
+        qs = [int(t["value"].split("Q")[1]) for t in out[0::2]]
+        assert qs == sorted(qs) and len(set(qs)) == 2
+        assert [t["value"] for t in out[1::2]] == [f"A{q}" for q in qs]  # answers stay with their questions
+        assert sum(t["value"].count("<video>") for t in out) == 1
+    assert ds.pick_turns(conv, 0, np.random.default_rng(0)) == conv

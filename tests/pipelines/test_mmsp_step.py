@@ -25,9 +25,10 @@ def _run(out):
 
 def _reference(samples):
     """Plain one-process forward (HF sdpa, no SP) of the same model; loss averaged over samples."""
+    from mmsp_grad_check import sample
+
     from longvila.pipelines.config import stage5
     from longvila.pipelines.stages import build_model
-    from mmsp_grad_check import sample
 
     model = build_model(stage5(), None)
     for i in samples:

@@ -7,9 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
+
 from longvila.pipelines import checkpoint as ck
 from longvila.pipelines.cli import main
-from safetensors.torch import load_file
 
 ROOT = Path(__file__).parents[2]
 

@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from longvila.pipelines import checkpoint as ck
 from safetensors.torch import load_file
+
+from longvila.pipelines import checkpoint as ck
 
 HERE = Path(__file__).parent
 ROOT = HERE.parents[1]

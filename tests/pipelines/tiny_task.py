@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
 from longvila.pipelines.config import (
     CheckpointCfg,
     DataCfg,
@@ -22,7 +24,6 @@ from longvila.pipelines.config import (
     apply_overrides,
 )
 from longvila.pipelines.trainer import Task
-from transformers import Qwen2Config, Qwen2ForCausalLM
 
 VOCAB = 64
 
