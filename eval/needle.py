@@ -27,7 +27,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +55,6 @@ class NeedleConfig:
     result_name: str | None = None  # leaderboard result name (default needle-<frames>); "" skips it
     command: str | None = None
     min_frames: int | None = None  # smallest count (default frames/steps)
-    extra: dict = field(default_factory=dict)
 
 
 def frame_counts(cfg: NeedleConfig) -> list[int]:
@@ -257,7 +256,7 @@ def summarize(cfg: NeedleConfig, cells: list[dict], counts: list[int]) -> dict:
     return {"frame_counts": counts, "depths": list(cfg.depths), "grid": grid, "accuracy_per_frames": per_frames,
             "accuracy": base.accuracy(sum(hits), len(hits)), "trials": len(hits),
             "control_accuracy": base.accuracy(sum(ctrl), len(ctrl)), "control_trials": len(ctrl),
-            "chance": 1 / 10**CODE_DIGITS, "config": {k: v for k, v in asdict(cfg).items() if k != "extra"}}
+            "chance": 1 / 10**CODE_DIGITS, "config": asdict(cfg)}
 
 
 def write_outputs(cfg: NeedleConfig, summary: dict, lm: runner.LoadedModel) -> None:

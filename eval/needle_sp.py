@@ -28,7 +28,7 @@ def _worker(rank: int, world: int, cfg_dict: dict, ckpt: str) -> dict | None:
     return summary if rank == 0 else None
 
 
-def run_sharded(cfg: needle.NeedleConfig, ckpt: str | os.PathLike, timeout: float = 3600.0) -> dict:
+def run_sharded(cfg: needle.NeedleConfig, ckpt: str | os.PathLike, timeout: float = 6 * 3600.0) -> dict:
     """Run (or resume) the grid on ``cfg.nproc`` ranks; returns rank 0's summary."""
     from longvila.parallel.launch import run_distributed
 
