@@ -210,7 +210,7 @@ def video_heavy_batch(model, n_frames: int, length: int, seed: int = 0) -> dict:
             "pixel_values": torch.randn(n_frames, 3, s, s, generator=g)}
 
 
-def run_bench(cfg: BenchConfig, out_dir: str | os.PathLike) -> dict:
+def run_bench(cfg: BenchConfig, out_dir: str | os.PathLike, publish: bool = False) -> dict:
     """Run every measurement; write table, JSON result and plot under ``out_dir``; return the summary."""
     from longvila.utils import progress
 
@@ -225,10 +225,6 @@ def run_bench(cfg: BenchConfig, out_dir: str | os.PathLike) -> dict:
             raw[step] = run_distributed(attention_worker, int(w), cfg, timeout=3600, threads=1)[0]
         else:
             raw[step] = run_distributed(frames_worker, int(w), cfg, timeout=3600, threads=1)[0]
-    return summarize(cfg, raw, out_dir)
-
-
-def summarize(cfg: BenchConfig, raw: dict, out_dir: Path) -> dict:
     from .bench_report import report
 
-    return report(asdict(cfg), raw, out_dir)
+    return report(asdict(cfg), raw, out_dir, publish)

@@ -26,7 +26,9 @@ def _rows(raw: dict) -> list[dict]:
     return rows
 
 
-def report(cfg: dict, raw: dict, out_dir: Path) -> dict:
+def report(cfg: dict, raw: dict, out_dir: Path, publish: bool = False) -> dict:
+    """Table (printed and ``table.md``), plot and ``sp-bench.json`` in ``out_dir``; with ``publish`` also the
+    leaderboard copy (``leaderboards/results/sp-bench.json``, or ``$LONGVILA_RESULTS_DIR``)."""
     rows = _rows(raw)
     ref = {r["seq_len"]: r for r in rows if r["method"] == "reference"}
     metrics: dict[str, float] = {}
@@ -74,6 +76,12 @@ def report(cfg: dict, raw: dict, out_dir: Path) -> dict:
         plots={"times": plot},
     )
     print(f"result: {path}")
+    if publish:
+        published = write_result(
+            "sp-bench", "sp_bench", metrics, details={"rows": rows, "frames": frames}, config=cfg,
+            seed=cfg.get("seed"), command="make bench-sp", plots={"times": plot},
+        )
+        print(f"published: {published}")
     return {"metrics": metrics, "rows": rows, "frames": frames, "result": str(path)}
 
 
@@ -117,7 +125,7 @@ def _plot(rows: list[dict], path: Path) -> Path:
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(lens))], [str(s) for s in lens])
         ax.set_xlabel("tokens")
         ax.set_ylabel("fwd+bwd CPU time (s), slowest rank")
-        ax.set_title(f"causal attention, {w} ranks x 1 thread (reference: 1 process, 1 thread)")
+        ax.set_title(f"causal attention: {w} ranks x 1 thread (reference 1 x 1)", fontsize=10)
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -1,7 +1,7 @@
 """``longvila parallel``: the MM-SP layout planner and the benchmark.
 
     longvila parallel plan --heads 28 --kv-heads 4 --gpus-per-node 8 --nodes 4 --seq-len 1048576
-    longvila parallel bench --out artifacts/bench/sp [--seq-lens 8192,16384,32768] [--worlds 2,4]
+    longvila parallel bench --out artifacts/bench/sp [--seq-lens 8192,16384,32768] [--worlds 2,4] [--publish]
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--worlds", type=_ints, default=[2, 4], help="rank counts (each rank one thread)")
     b.add_argument("--reps", type=int, default=2, help="timed repetitions (best kept; 1 at >= 32k)")
     b.add_argument("--frames", type=int, default=192, help="frames in the video-heavy packed batch")
+    b.add_argument("--publish", action="store_true", help="also write leaderboards/results/sp-bench.json")
     b.add_argument("--frames-tokens", type=int, default=1024, help="tokens of the video-heavy packed batch")
     args = ap.parse_args(argv)
 
@@ -54,6 +55,6 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--worlds: {w} ranks cannot split the benchmark's {HEADS} heads (Ulysses); use 2 or 4")
     cfg = BenchConfig(seq_lens=args.seq_lens, worlds=args.worlds, reps=args.reps,
                       frames_batch=(args.frames, args.frames_tokens))
-    run_bench(cfg, args.out)
+    run_bench(cfg, args.out, publish=args.publish)
     return 0
 

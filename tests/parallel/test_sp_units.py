@@ -185,7 +185,7 @@ def test_naive_token_sharding_on_one_rank_keeps_frame_order():
     torch.testing.assert_close(bal, ref)
 
 
-def test_bench_report_ratios_table_and_result(tmp_path):
+def test_bench_report_ratios_table_and_result(tmp_path, monkeypatch):
     from longvila.leaderboards.results import load_result
     from longvila.parallel.bench_report import report
 
@@ -199,7 +199,8 @@ def test_bench_report_ratios_table_and_result(tmp_path):
         "frames-2": {"balanced": {"step_s": 1.0, "step_cpu_s": 0.5, "frames_per_rank": [5, 5], "max_over_mean": 1.0},
                      "token": {"step_s": 1.5, "step_cpu_s": 1.0, "frames_per_rank": [10, 0], "max_over_mean": 2.0}},
     }
-    out = report({"seq_lens": [8192], "seed": 0}, raw, tmp_path)
+    monkeypatch.setenv("LONGVILA_RESULTS_DIR", str(tmp_path / "published"))
+    out = report({"seq_lens": [8192], "seed": 0}, raw, tmp_path, publish=True)
     met = out["metrics"]
     assert met["eff_zigzag_ring_2r_8192_fwdbwd"] == 1.0  # 8 / (2 x 4)
     assert met["eff_basic_ring_2r_8192_fwd"] == round(2.0 / 3.2, 3)
@@ -212,6 +213,7 @@ def test_bench_report_ratios_table_and_result(tmp_path):
     assert "| 2 | 8192 | zigzag_ring | 2.000 | 1.00 | 1.00 | 1.000 | 4.000 | 1.00 | 12 |" in table
     res = load_result(tmp_path / "sp-bench.json")
     assert res.benchmark == "sp_bench" and res.metrics["time_zigzag_ring_2r_8192_fwdbwd_s"] == 4.0
+    assert load_result(tmp_path / "published" / "sp-bench.json").metrics == res.metrics
 
 
 def test_cli_plan_explains_and_rejects_bad_input(capsys):
