@@ -12,6 +12,8 @@ on the local shard with its global position ids (the registered SP attention doe
 
 Loss: local CE sum / number of active targets in the whole SP group, so the sum over SP ranks is the
 one-process mean. Gradients must therefore be *summed* over the SP group (``reduce_sp_gradients``).
+NOTE: a data-parallel wrapper that *averages* gradients over all dp x sp ranks (DDP, DeepSpeed) gets
+the right result if the loss is multiplied by ``mesh.sp_size`` before backward.
 
 The model is used only through ``encode_frames``, ``merge_visual_tokens`` and ``language_model``.
 """
