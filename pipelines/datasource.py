@@ -145,15 +145,13 @@ def encode_sample(sample: dict[str, Any], frames: int, seq_len: int, processor, 
             "num_frames": counts, "id": str(rec.get("id", sample["__key__"])), "truncated": truncated}
 
 
-NEEDLE_QUESTION = "What is the secret code shown in the video?"
-
-
 def needle_sample(pool: tuple[dict[str, Any], ...], frames: int, rng: np.random.Generator, processor,
                   code_digits: int = 3) -> dict[str, Any]:
     """A synthetic needle-in-a-haystack sample: ``frames`` haystack frames (uniform samples of the pool's
     videos, several videos if one is too short) with a code card (train-split digits) inserted at a random
     depth, and the question the needle evaluation asks. Returns what ``encode_sample`` returns."""
     from longvila.data.world import code_image
+    from longvila.eval.prompts import needle_question  # the very question the needle evaluation asks
 
     videos = [i for i, s in enumerate(pool) if "mp4" in s]
     if not videos:
@@ -169,7 +167,7 @@ def needle_sample(pool: tuple[dict[str, Any], ...], frames: int, rng: np.random.
     card = code_image(code, "train", rng, hay.shape[1], hay.shape[2])
     at = int(rng.integers(0, len(hay) + 1))
     video = np.concatenate([hay[:at], card[None], hay[at:]])
-    conv = [{"from": "human", "value": f"<video>\n{NEEDLE_QUESTION}"}, {"from": "gpt", "value": code}]
+    conv = [{"from": "human", "value": f"<video>\n{needle_question()}"}, {"from": "gpt", "value": code}]
     enc = processor.encode_conversation(conv, [len(video)])
     return {"input_ids": enc["input_ids"], "labels": enc["labels"], "pixel_values": processor.preprocess_frames(video),
             "num_frames": [len(video)], "id": f"needle-{code}-{at}of{len(video)}", "truncated": False}
