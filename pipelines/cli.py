@@ -102,7 +102,10 @@ def run_all(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // args.nproc)))
+    # NOTE: threads per rank = cores / ranks (2 ranks x 2 threads on 2 cores runs slower than 2 x 1);
+    # LONGVILA_TRAIN_THREADS overrides it.
+    env["OMP_NUM_THREADS"] = os.environ.get("LONGVILA_TRAIN_THREADS",
+                                            str(max(1, (os.cpu_count() or 2) // args.nproc)))
     t0 = time.time()
     todo = [n for n in stages if not is_finished(out, n)]
     for n in stages:
