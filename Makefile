@@ -59,7 +59,7 @@ leaderboards: setup
 bench: bench-sp bench-data
 
 bench-sp: setup
-	$(LV) parallel bench --out $(ART)/bench/sp
+	$(LV) parallel bench --out $(ART)/bench/sp --publish
 
 bench-data: setup
 	$(LV) data bench --out $(ART)/bench/data
