@@ -7,7 +7,8 @@ Design choices:
   question, options, "The best answer is:"); its words are in the world vocabulary, so the tokenizer
   encodes it compactly.
 - Letter extraction is deliberately strict: the first standalone option letter after stripping the usual
-  answer prefixes; a reply with no letter scores as wrong (``""``), never as a guess.
+  answer prefixes, the article "A" excepted; a reply with no letter scores as wrong (``""``), never as a
+  guess.
 """
 
 from __future__ import annotations
@@ -45,12 +46,15 @@ _PREFIXES = (
     "the best option is", "the correct option is", "option",
 )
 _LETTER = re.compile(r"(?<![A-Za-z])([A-D])(?![A-Za-z])")
+_ARTICLE = re.compile(r"A (?=[a-z])")  # "A medium red circle ...": the article, not option A
 
 
 def extract_letter(reply: str, letters: tuple[str, ...] = OPTION_LETTERS) -> str:
     """The option letter a reply chooses, or ``""`` when it names none.
 
     ``"B"``, ``"B."``, ``"(B) a red circle"``, ``"The best answer is B"`` -> ``"B"``; ``"blue"`` -> ``""``.
+    NOTE: "A" followed by a lowercase word is read as the English article ("A medium red circle appears")
+    and skipped, so a caption-like reply does not count as choosing option A.
     """
     s = reply.strip()
     low = s.lower()
@@ -59,6 +63,8 @@ def extract_letter(reply: str, letters: tuple[str, ...] = OPTION_LETTERS) -> str
             s = s[len(p):].strip()
             low = s.lower()
     for m in _LETTER.finditer(s):
+        if m.group(1) == "A" and _ARTICLE.match(s, m.start()):
+            continue
         if m.group(1) in letters:
             return m.group(1)
     return ""

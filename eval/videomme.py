@@ -271,7 +271,9 @@ def run(cfg: VideoMMEConfig, lm: runner.LoadedModel | None = None, ckpt: str | N
             try:
                 prev = read_json(path)
                 if prev.get("signature") == sig:
-                    sweep[n] = prev
+                    for r in prev["records"]:  # scored again: the extraction may have changed since
+                        r["pred"] = prompts.extract_letter(r["reply"])
+                    sweep[n] = {**prev, "scores": score(prev["records"])}
                     continue
             except ValueError:
                 pass

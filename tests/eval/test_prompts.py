@@ -46,7 +46,8 @@ def test_videomme_prompt_needs_options():
 @pytest.mark.parametrize("reply,letter", [
     ("B", "B"), ("B.", "B"), (" C) a red circle", "C"), ("(D)", "D"), ("The best answer is A", "A"),
     ("The best answer is: B. 456", "B"), ("Answer: C", "C"), ("blue", ""), ("", ""), ("E", ""),
-    ("Best answer: d", ""), ("ABCD", ""),
+    ("Best answer: d", ""), ("ABCD", ""), ("A medium magenta diamond", ""), ("A. a red circle", "A"),
+    ("A", "A"), ("A cyan digit 2 appears. B", "B"),
 ])
 def test_extract_letter(reply, letter):
     assert prompts.extract_letter(reply) == letter
