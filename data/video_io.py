@@ -1,8 +1,10 @@
 """Encode frames to mp4 (H.264 through PyAV) and read frames back (decord first, PyAV as fallback).
 
 Design choices:
-- Encoding is bit-exact and single-threaded (x264 ``threads=1``, muxer and codec ``bitexact`` flags, no
-  creation time), so the same frames give the same mp4 bytes and shard checksums are reproducible.
+- Encoding is bit-exact: single-threaded x264 on its C code paths (``threads=1``, ``asm=0``; the SIMD
+  paths were seen to vary run to run), muxer ``bitexact`` flag (no creation time), RGB -> yuv420p in
+  integer numpy instead of swscale. The same frames give the same mp4 bytes, so shard checksums are
+  reproducible (the shards tests build the same set in several processes and compare bytes).
 - yuv420p, the pixel format every player and decoder reads; at 32x32 chroma is 16x16, so colour edges
   blur by a pixel while object interiors keep their colour (tested against the rendered frames).
 - Reading samples ``num_frames`` indices uniformly: ``linspace(0, n - 1, num_frames)`` rounded, as LongVILA
@@ -25,6 +27,27 @@ class VideoError(ValueError):
     """A video that cannot be read as asked (empty, corrupt, too short); the message names the source."""
 
 
+def rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (H * 3 // 2, W) uint8 planar yuv420p (Y, then U, V at half resolution).
+
+    BT.601 limited range (what decoders assume for untagged standard-definition video) in integer
+    arithmetic, chroma averaged over 2x2 blocks. Done here rather than by FFmpeg's swscale or a float
+    matmul, whose SIMD/BLAS paths are not bit-exact from run to run (seen as differing mp4 bytes for the
+    same frames); integers keep the encoder input, and so the mp4, identical.
+    """
+    h, w, _ = rgb.shape
+    r, g, b = (rgb[..., c].astype(np.int32) for c in range(3))
+    y = ((66 * r + 129 * g + 25 * b + 128) >> 8) + 16
+    u = ((-38 * r - 74 * g + 112 * b + 128) >> 8) + 128
+    v = ((112 * r - 94 * g - 18 * b + 128) >> 8) + 128
+
+    def half(c):
+        return (c.reshape(h // 2, 2, w // 2, 2).sum(axis=(1, 3)) + 2) // 4
+
+    planes = [y, half(u).reshape(h // 4, w), half(v).reshape(h // 4, w)]
+    return np.clip(np.concatenate(planes, axis=0), 0, 255).astype(np.uint8)
+
+
 def encode_mp4(frames: np.ndarray, fps: float = 2.0, crf: int = 12) -> bytes:
     """Encode ``frames`` (N, H, W, 3) uint8 (H and W even) as H.264 mp4 bytes; deterministic."""
     import av
@@ -42,10 +65,13 @@ def encode_mp4(frames: np.ndarray, fps: float = 2.0, crf: int = 12) -> bytes:
     with av.open(buf, mode="w", format="mp4", options={"fflags": "+bitexact"}) as out:
         stream = out.add_stream("libx264", rate=rate)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.options = {"crf": str(crf), "preset": "medium", "threads": "1", "tune": "stillimage"}
+        # NOTE: asm=0 (x264's C code paths): with its SIMD paths the same input gave a different bitstream
+        # in about 1 of 150 encodes (measured here, 4 of 600 under load); at 32x32 the C path is as fast.
+        stream.options = {"crf": str(crf), "preset": "medium", "threads": "1", "tune": "stillimage",
+                          "x264-params": "asm=0"}
         stream.codec_context.thread_count = 1
         for i in range(n):
-            vf = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
+            vf = av.VideoFrame.from_ndarray(rgb_to_yuv420p(frames[i]), format="yuv420p")
             vf.pts = i
             for packet in stream.encode(vf):
                 out.mux(packet)

@@ -19,6 +19,13 @@ def _cfg(seed=0, n=5, per=2):
     return cfg
 
 
+def _explain(d1, d2) -> str:
+    """Which samples of two builds differ, and in which extension (the message of a failed comparison)."""
+    a = {s["__key__"]: s for s in shards.iter_samples(d1, verify=False)}
+    b = {s["__key__"]: s for s in shards.iter_samples(d2, verify=False)}
+    return "; ".join(f"{k}.{ext}" for k in sorted(a) for ext in sorted(a[k]) if a[k][ext] != b.get(k, {}).get(ext))
+
+
 def _shard_bytes(d):
     return {p.name: p.read_bytes() for p in sorted(Path(d).glob("shard-*.tar"))}
 
@@ -26,7 +33,7 @@ def _shard_bytes(d):
 def test_same_seed_byte_identical_and_seed_matters(tmp_path):
     a = sets.build(_cfg(), tmp_path / "a", sets=["short_sft"], workers=1)["short_sft"]
     b = sets.build(_cfg(), tmp_path / "b", sets=["short_sft"], workers=2)["short_sft"]
-    assert a == b
+    assert a == b, _explain(tmp_path / "a/short_sft", tmp_path / "b/short_sft")
     assert _shard_bytes(tmp_path / "a/short_sft") == _shard_bytes(tmp_path / "b/short_sft")
     assert a["num_samples"] == 5 and len(a["shards"]) == 3 and len(a["samples"]) == 5
     for s in a["shards"]:
@@ -69,7 +76,7 @@ def test_rebuild_after_corrupt_or_deleted_shard_gives_same_manifest(tmp_path):
     (d / "shard-000000.tar").unlink()
     mtime_kept = (d / "shard-000001.tar").stat().st_mtime_ns
     again = sets.build(_cfg(), tmp_path, sets=["short_sft"], workers=1)["short_sft"]
-    assert again == ref
+    assert again == ref, sorted(k for k in ref["samples"] if again["samples"].get(k) != ref["samples"][k])
     assert (d / "shard-000001.tar").stat().st_mtime_ns == mtime_kept, "an intact shard was rebuilt"
     shards.verify_set(d)
 
@@ -109,7 +116,7 @@ def test_resume_after_kill(tmp_path):
     cfg.short_sft.num_samples, cfg.short_sft.per_shard = 40, 2
     resumed = sets.build(cfg, out, sets=["short_sft"], workers=1)["short_sft"]
     fresh = sets.build(cfg, tmp_path / "fresh", sets=["short_sft"], workers=2)["short_sft"]
-    assert resumed == fresh, {k: (resumed[k], fresh[k]) for k in fresh if resumed.get(k) != fresh[k]}
+    assert resumed == fresh, _explain(out / "short_sft", tmp_path / "fresh/short_sft")
     assert json.loads((out / "short_sft/manifest.json").read_text()) == fresh
 
 

@@ -63,3 +63,19 @@ def test_bad_input_names_the_file(clip, tmp_path):
         video_io.encode_mp4(np.zeros((2, 31, 32, 3), np.uint8))
     with pytest.raises(ValueError, match="empty"):
         video_io.encode_mp4(np.zeros((0, 32, 32, 3), np.uint8))
+
+
+def test_rgb_to_yuv420p_bt601_limited_range():
+    def convert(rgb):
+        img = np.broadcast_to(np.array(rgb, np.uint8), (4, 4, 3))
+        yuv = video_io.rgb_to_yuv420p(img)
+        assert yuv.shape == (6, 4)
+        return int(yuv[0, 0]), int(yuv[4, 0]), int(yuv[5, 0])
+
+    assert convert((0, 0, 0)) == (16, 128, 128)
+    assert convert((255, 255, 255)) == (235, 128, 128)
+    assert convert((255, 0, 0)) == (82, 90, 240)  # BT.601 red (integer form: Y 81.5 rounds up)
+    img = np.zeros((4, 4, 3), np.uint8)
+    img[:2, :2] = 255  # the top-left chroma sample averages a white 2x2 block
+    yuv = video_io.rgb_to_yuv420p(img)
+    assert yuv[0, 0] == 235 and yuv[0, 2] == 16 and yuv[4, 0] == 128
