@@ -62,7 +62,7 @@ bench-sp: setup
 	$(LV) parallel bench --out $(ART)/bench/sp --publish
 
 bench-data: setup
-	$(LV) data bench --out $(ART)/bench/data
+	$(LV) data bench --out $(ART)/bench/data --publish
 
 test: setup
 	$(PY) -m pytest -q
