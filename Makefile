@@ -18,7 +18,7 @@ export PYTHONUNBUFFERED ?= 1
 
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
 
-.PHONY: all setup browser-setup data train-all-stages needle videomme leaderboards bench bench-sp bench-data test test-fast lint tokenizer clean
+.PHONY: all setup browser-setup lmms-eval data train-all-stages needle videomme leaderboards bench bench-sp bench-data test test-fast lint tokenizer clean
 
 all: setup data train-all-stages needle videomme leaderboards
 	@echo "leaderboard: leaderboards/README.md and leaderboards/index.html"
@@ -52,6 +52,10 @@ needle: setup
 
 videomme: setup
 	$(LV) eval videomme --ckpt $(ART)/ckpt/stage5 --out $(ART)/eval/videomme
+
+# lmms-eval on the embedded VideoMME-format task (after `make videomme`, which writes the benchmark)
+lmms-eval: setup
+	$(PY) -m lmms_eval --model longvila --model_args pretrained=$(ART)/ckpt/stage5,num_frames=64 --tasks longvila_videomme --include_path eval/tasks
 
 leaderboards: setup
 	$(LV) leaderboards build
