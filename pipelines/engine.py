@@ -7,7 +7,8 @@ Design choices:
 - The DeepSpeed config is generated from the typed stage config and written beside the checkpoint
   (``ds_config.json``); at real scale it is the file to edit (ZeRO stage, bf16, offload).
 - Optimizer: AdamW. On GPU DeepSpeed's fused Adam; on CPU ``torch_adam`` (PyTorch's AdamW), which ZeRO
-  1/2 partitions across ranks like any other.
+  1/2 partitions across ranks like any other. With ``optim.vision_lr_scale`` != 1 the vision tower's
+  parameters form a second group at ``lr * vision_lr_scale`` (the schedule scales both groups alike).
 - The learning-rate schedule is a plain ``LambdaLR`` (linear warmup, then cosine to ``min_lr_ratio`` or
   constant) handed to DeepSpeed, which steps it with the optimizer.
 - Sequence parallelism: DeepSpeed averages gradients over all ``world = dp x sp`` ranks. An SP rank's loss
@@ -90,9 +91,15 @@ def build_engine(cfg: StageConfig, model: torch.nn.Module, micro_batch: int, wor
     """deepspeed.initialize over the trainable parameters; returns (engine, optimizer, scheduler, ds conf)."""
     import deepspeed
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not named:
         raise ValueError(f"stage {cfg.stage}: no trainable parameters (model.train={cfg.model.train})")
+    params: list = [p for _, p in named]
+    vision = [p for n, p in named if n.startswith("vision_tower.")]
+    if vision and cfg.optim.vision_lr_scale != 1.0:  # the vision tower in its own group, at a scaled lr
+        rest = [p for n, p in named if not n.startswith("vision_tower.")]
+        params = [g for g in ({"params": rest}, {"params": vision, "lr": cfg.optim.lr * cfg.optim.vision_lr_scale})
+                  if g["params"]]
     conf = ds_config(cfg, micro_batch, world_size)
     lam = lr_lambda(cfg)
     engine, optimizer, _, scheduler = deepspeed.initialize(

@@ -6,7 +6,8 @@ Design choices:
   SP rank it is plain packed-sequence training with the same loss), so stage 4 and stage 5 use the very
   code path that the single-process tests check.
 - The model comes from ``--from`` (the previous stage's save_pretrained folder) or, for stage 1 without
-  one, from the tiny config with a fixed seed. Stage 4 writes its RoPE row (rope_theta and
+  one, from the tiny config with a fixed seed; its random vision tower is then pretrained first
+  (``vision_pretrain.py``) unless ``model.vision_pretrained`` gives SigLIP weights. Stage 4 writes its RoPE row (rope_theta and
   max_position_embeddings) into the LLM's config before loading, so the saved config carries it.
 - Tokens reported per step are counted once per SP group (by its sp_rank 0).
 - The held-out evaluation leaves sequence parallelism (a one-rank mesh) and splits questions over ranks.
@@ -94,12 +95,19 @@ def make_task(cfg: StageConfig, data_root: str | Path) -> Task:
 
     data_root = Path(data_root)
     state: dict[str, Any] = {}
+    info: dict[str, Any] = {}  # extra summary entries (the vision pretraining's metrics)
 
     def build(init: Path | None, ctx: Context):
         from longvila.model import LongVILAProcessor
 
         model = build_model(cfg, init)
         state["processor"] = LongVILAProcessor.from_config(model.config)
+        if init is None and cfg.vision_pretrain.steps and not cfg.model.vision_pretrained:
+            from longvila.pipelines.vision_pretrain import pretrain_vision_tower
+
+            info["vision_pretrain"] = pretrain_vision_tower(
+                model.vision_tower, model.config.vision_hidden_size, model.config.text_config.vocab_size,
+                data_root, state["processor"], cfg.vision_pretrain, seed=cfg.seed)
         return model
 
     def batches(pi: int, phase: Phase, skip: int, ctx: Context) -> Iterator[dict[str, Any]]:
@@ -121,4 +129,5 @@ def make_task(cfg: StageConfig, data_root: str | Path) -> Task:
         evaluate=evaluate if cfg.eval.set else None,
         setup=setup,
         make_mesh=make_mesh,
+        info=info,
     )

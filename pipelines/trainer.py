@@ -63,6 +63,7 @@ class Task:
       SUM to the group's mean CE (each is local CE sum / the group's active tokens).
     - ``save(model, folder)``: save_pretrained (+ processor).
     - ``evaluate(model, ctx) -> dict`` (optional): held-out metrics, after training.
+    - ``info``: extra summary entries (e.g. what ``build_model`` did before training).
     """
 
     build_model: Callable[[Path | None, Context], torch.nn.Module]
@@ -73,6 +74,7 @@ class Task:
     evaluate: Callable[[torch.nn.Module, Context], dict[str, Any]] | None = None
     setup: Callable[[torch.nn.Module, Context], None] | None = None  # e.g. apply_sequence_parallel
     make_mesh: Callable[[StageConfig, int], Any] | None = None
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)  # extra entries for the stage summary, filled by build_model
 
 
 def stage_dir(out: Path, stage: int) -> Path:
@@ -235,7 +237,7 @@ def train(cfg: StageConfig, task: Task, out: str | os.PathLike, init: str | os.P
             "stage": cfg.stage, "name": cfg.name, "world_size": world, "dp": ctx.dp, "sp": sp,
             "trainable": list(cfg.model.train), "init": str(init) if init else None, "date": utc_now(),
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "eval": metrics,
+            "eval": metrics, **task.info,
         })
         atomic_write_json(tmp / "summary.json", summary)
         atomic_write_json(tmp / "stage_config.json", cfg.to_dict())

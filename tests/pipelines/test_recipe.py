@@ -48,7 +48,7 @@ def test_five_stage_smoke_run(tmp_path):
     _tiny_data(data)
     cmd = [sys.executable, "-m", "longvila.cli", "train", "all", "--data", str(data), "--out", str(out),
            "--nproc", "2", "--set", "schedule.steps=2", "--set", "5:data.curriculum=16:2:1,40:1:1",
-           "--set", "eval.limit=6"]
+           "--set", "eval.limit=6", "--set", "1:vision_pretrain.steps=20"]
     p = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-4000:]
     w = {}
@@ -61,6 +61,10 @@ def test_five_stage_smoke_run(tmp_path):
         assert (d / "processor_config.json").is_file()
         w[n] = load_file(d / "model.safetensors")
     assert json.loads((out / "stage4" / "summary.json").read_text())["sp"] == 2
+    # stage 1 from scratch pretrains the vision tower first (no pretrained SigLIP offline); later stages do not
+    vp = json.loads((out / "stage1" / "summary.json").read_text())["vision_pretrain"]
+    assert vp["steps"] == 20 and vp["loss_last"] < vp["loss_first"]
+    assert "vision_pretrain" not in json.loads((out / "stage2" / "summary.json").read_text())
     # frozen modules are bit-for-bit unchanged; trained ones moved
     assert _same(_parts(w[1], "vision_tower"), _parts(w[2], "vision_tower"))
     assert not _same(_parts(w[1], "mm_projector"), _parts(w[2], "mm_projector"))

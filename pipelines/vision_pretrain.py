@@ -1,0 +1,141 @@
+"""Vision-tower pretraining with SigLIP's sigmoid image-text loss, for a model built from scratch.
+
+LongVILA's stage 1 starts from a *pretrained* SigLIP and trains only the projector. Offline there are no
+SigLIP weights, and a random tower gives features that barely depend on the image; language-model
+training then learns to ignore the visual tokens (held-out caption loss was identical with the true and
+with another sample's image), and training the tower with the LM loss collapses its features further. So
+a from-scratch run first pretrains the tower the way SigLIP itself is pretrained, on the image-caption
+set, and the five stages then run as in the paper. With ``model.vision_pretrained`` (real SigLIP weights)
+this step is skipped.
+
+Design choices:
+- The loss is SigLIP's pairwise sigmoid loss (Zhai et al. 2023): every image-caption pair of a batch is
+  a binary match / no-match problem, logits ``exp(t) * <img, txt> + b`` with t = log 10 and b = -10 at
+  init, summed over pairs and divided by the batch size.
+- Image embedding: the tower's patch tokens averaged, then a linear head (SigLIP's own head is a
+  multi-head attention pool; the tiny tower has 4 patches). Text tower: a bag of token embeddings (mean)
+  and a linear head - enough for the captions' attribute words; both heads are thrown away afterwards.
+- Deterministic: the heads and batches come from ``seed``, so every rank computes the same tower; ranks
+  of a process group then also take rank 0's tower (a broadcast), so they cannot diverge.
+- The last ``heldout`` pairs are never trained on; image-to-caption retrieval accuracy on them (a caption
+  identical to the true one counts as a hit) is reported against chance 1/heldout.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from longvila.pipelines.config import VisionPretrainCfg
+
+log = logging.getLogger(__name__)
+
+
+def load_pairs(data_root: str | Path, sets: tuple[str, ...], processor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The single-image samples of ``sets``: pixel_values (N, 3, S, S) and N caption token-id tensors (answer tokens)."""
+    from longvila.pipelines.datasource import encode_sample, load_pool
+
+    pool = load_pool(str(data_root), tuple(sets))
+    pix, caps, skipped = [], [], 0
+    for s in pool:
+        enc = encode_sample(s, 1, 1 << 20, processor)
+        pv = enc["pixel_values"]
+        if pv is None or pv.shape[0] != 1 or not bool((enc["labels"] != -100).any()):
+            skipped += 1
+            continue
+        pix.append(pv)
+        caps.append(enc["input_ids"][enc["labels"] != -100])
+    if skipped:
+        log.info("vision pretraining: %d of %d samples of %s are not single-image captions, skipped",
+                 skipped, len(pool), list(sets))
+    if len(pix) < 4:
+        raise ValueError(f"{data_root}: sets {list(sets)} hold {len(pix)} single-image caption samples; "
+                         "vision pretraining needs at least 4")
+    return torch.cat(pix), caps
+
+
+class PairHeads(nn.Module):
+    """Image head (mean patch token -> dim), bag-of-embeddings text tower (-> dim), temperature and bias."""
+
+    def __init__(self, vision_hidden: int, vocab: int, dim: int):
+        super().__init__()
+        self.image = nn.Linear(vision_hidden, dim)
+        self.text_emb = nn.EmbeddingBag(vocab, dim, mode="mean")
+        self.text = nn.Linear(dim, dim)
+        self.log_t = nn.Parameter(torch.tensor(math.log(10.0)))
+        self.bias = nn.Parameter(torch.tensor(-10.0))
+
+    def embed_images(self, tower: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+        """pixel_values (B, 3, S, S) -> unit vectors (B, dim)."""
+        return F.normalize(self.image(tower(pixel_values).mean(1)), dim=-1)
+
+    def embed_texts(self, captions: list[torch.Tensor]) -> torch.Tensor:
+        """B token-id tensors -> unit vectors (B, dim)."""
+        flat = torch.cat(captions)
+        offsets = torch.tensor([0] + [len(c) for c in captions[:-1]]).cumsum(0)
+        return F.normalize(self.text(self.text_emb(flat, offsets)), dim=-1)
+
+
+def sigmoid_loss(img: torch.Tensor, txt: torch.Tensor, log_t: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """SigLIP loss of img (B, D) and txt (B, D), pair i <-> i matching: -sum log sigmoid(z * logit) / B."""
+    logits = img @ txt.T * log_t.exp() + bias
+    z = 2 * torch.eye(len(img), dtype=logits.dtype) - 1
+    return -F.logsigmoid(z * logits).sum() / len(img)
+
+
+def retrieval_accuracy(heads: PairHeads, tower: nn.Module, pix: torch.Tensor, caps: list[torch.Tensor]) -> float:
+    """Share of images whose best-scoring caption (among ``caps``) is their own caption's text."""
+    with torch.no_grad():
+        best = (heads.embed_images(tower, pix) @ heads.embed_texts(caps).T).argmax(1)
+    return sum(torch.equal(caps[int(j)], caps[i]) for i, j in enumerate(best)) / len(caps)
+
+
+def pretrain_vision_tower(tower: nn.Module, vision_hidden: int, vocab: int, data_root: str | Path, processor,
+                          cfg: VisionPretrainCfg, seed: int = 0) -> dict[str, Any]:
+    """Train ``tower`` ((N, 3, S, S) -> (N, P, vision_hidden)) in place; returns losses and held-out retrieval."""
+    from longvila.utils import progress
+
+    pix, caps = load_pairs(data_root, cfg.sets, processor)
+    heldout = min(cfg.heldout, len(caps) // 2)
+    train_pix, train_caps = pix[:-heldout], caps[:-heldout]
+    test_pix, test_caps = pix[-heldout:], caps[-heldout:]
+    gen = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        heads = PairHeads(vision_hidden, vocab, cfg.dim)
+    was_training = tower.training
+    tower.train()
+    params = [p for p in tower.parameters()] + list(heads.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 20) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / cfg.steps))))
+    acc_before = retrieval_accuracy(heads, tower, test_pix, test_caps)
+    batch = min(cfg.batch, len(train_caps))
+    losses = []
+    for _ in progress(range(cfg.steps), desc="vision pretraining", total=cfg.steps, unit="step"):
+        idx = torch.randperm(len(train_caps), generator=gen)[:batch]
+        loss = sigmoid_loss(heads.embed_images(tower, train_pix[idx]), heads.embed_texts([train_caps[i] for i in idx]),
+                            heads.log_t, heads.bias)
+        loss.backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    tower.train(was_training)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        for p in tower.parameters():
+            torch.distributed.broadcast(p.data, src=0)
+    tail = max(1, len(losses) // 10)
+    return {
+        "steps": cfg.steps, "pairs": len(train_caps), "batch": batch,
+        "loss_first": losses[0] if losses else None,
+        "loss_last": sum(losses[-tail:]) / tail if losses else None,
+        "heldout": heldout, "retrieval_before": acc_before,
+        "retrieval": retrieval_accuracy(heads, tower, test_pix, test_caps), "chance": 1 / heldout,
+    }
