@@ -90,7 +90,11 @@ class LongVILAProcessor:
     # -- frames ----------------------------------------------------------------------------------------
     def preprocess_frames(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 frames (N, H, W, 3) -> float32 pixel values (N, 3, S, S), resized and normalised."""
-        x = torch.as_tensor(np.asarray(frames)) if not isinstance(frames, torch.Tensor) else frames
+        if not isinstance(frames, torch.Tensor):
+            frames = np.asarray(frames)
+            # NOTE: decoded frames may be read-only views; torch needs a writable buffer.
+            frames = frames if frames.flags.writeable else frames.copy()
+        x = torch.as_tensor(frames)
         if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3 or 0 in x.shape:
             raise ValueError(f"frames: expected a non-empty uint8 array (N, H, W, 3), got {x.dtype} {tuple(x.shape)}")
         x = x.permute(0, 3, 1, 2).float().div_(255.0)
