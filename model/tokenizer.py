@@ -48,8 +48,9 @@ CHAT_TEMPLATE = (
 
 def _train_backend(num_lines: int = 20000, seed: int = 0):
     """Train the BPE model on ``tokenizer_corpus`` and return a ``tokenizers.Tokenizer``."""
-    from longvila.data.vocab import tokenizer_corpus
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from longvila.data.vocab import tokenizer_corpus
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(

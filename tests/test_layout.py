@@ -20,7 +20,7 @@ def test_part_imports_from_its_top_level_folder(part):
 
 def test_no_generic_top_level_module_is_installed(tmp_path):
     # A fresh interpreter outside the repository sees only what the install put on its path.
-    code = "import importlib.util as u; print([n for n in %r if u.find_spec(n)])" % (PARTS,)
+    code = f"import importlib.util as u; print([n for n in {PARTS!r} if u.find_spec(n)])"
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"

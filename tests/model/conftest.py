@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from longvila.model import LongVILAForCausalLM, LongVILAProcessor, tiny_config
 
 

@@ -2,8 +2,9 @@
 
 import pytest
 import torch
-from longvila.model import LongVILAConfig, LongVILAForCausalLM, paper_config, tiny_config
 from transformers import AutoConfig
+
+from longvila.model import LongVILAConfig, LongVILAForCausalLM, paper_config, tiny_config
 
 
 def test_tiny_derived_fields_and_json_round_trip(tmp_path):

@@ -7,6 +7,7 @@ through projector and vision tower all work: the answer is in the pixels, never 
 import numpy as np
 import pytest
 import torch
+
 from longvila.model import LongVILAForCausalLM, LongVILAProcessor, tiny_config
 
 PALETTE = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30),

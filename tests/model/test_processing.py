@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+
 from longvila.model import LongVILAProcessor, tiny_config
 
 CONV = [

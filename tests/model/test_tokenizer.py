@@ -1,6 +1,7 @@
 """The shipped tokenizer: digits one token each, special-token ids, deterministic rebuild."""
 
 import pytest
+
 from longvila.model import load_tokenizer, tiny_config
 from longvila.model.tokenizer import SHIPPED_DIR, SPECIAL_TOKENS, build_tokenizer
 

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+
 from longvila.model import LongVILAForCausalLM, build_projector, build_vision_tower, tiny_config
 from longvila.model.projector import neighbourhood_concat
 

@@ -2,8 +2,9 @@
 
 import pytest
 import torch
-from longvila.model import LongVILAForCausalLM, causal_lm_loss, tiny_config
 from transformers import AutoModelForCausalLM
+
+from longvila.model import LongVILAForCausalLM, causal_lm_loss, tiny_config
 
 IMG = tiny_config().image_token_id
 
