@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from longvila.utils import save_figure
+
 
 def _decode_rate(videos: list[bytes], backend: str, num_frames: int | None) -> float:
     from longvila.data.video_io import read_frames
@@ -86,11 +88,7 @@ def _plot(m: dict, path: Path) -> Path:
     ax.set_ylabel("decoded frames / s")
     ax.set_title("mp4 decode throughput, same shards, one run", fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def add_parser(sub) -> None:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from longvila.utils import save_figure
+
 
 def contact_sheet(frames: np.ndarray, events: list[dict], path: str | Path, cols: int = 8,
                   title: str = "") -> Path:
@@ -33,12 +35,7 @@ def contact_sheet(frames: np.ndarray, events: list[dict], path: str | Path, cols
             ax.imshow(frames[i], interpolation="nearest")
             ax.set_title(f"{i}: " + ",".join(sorted(set(by_frame.get(i, []))))[:22], fontsize=5)
     fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def add_parser(sub) -> None:

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from longvila.eval import base, prompts, runner
-from longvila.utils import atomic_write_json, progress, read_json
+from longvila.utils import atomic_write_json, progress, read_json, save_figure
 
 CODE_DIGITS = 3
 
@@ -274,10 +274,7 @@ def write_outputs(cfg: NeedleConfig, summary: dict, lm: runner.LoadedModel) -> N
     ax.set_title(f"needle in a haystack: {summary['accuracy']:.1%} "
                  f"(no-needle control {summary['control_accuracy']:.1%})", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.03)
-    fig.tight_layout()
-    heat = out / "heatmap.png"
-    fig.savefig(heat, dpi=120)
-    plt.close(fig)
+    heat = save_figure(fig, out / "heatmap.png")
     fig, ax = plt.subplots(figsize=(5, 3))
     ax.plot(counts, [summary["accuracy_per_frames"][str(c)] for c in counts], "o-", label="needle")
     ax.axhline(summary["chance"], color="gray", ls="--", label="chance")
@@ -285,10 +282,7 @@ def write_outputs(cfg: NeedleConfig, summary: dict, lm: runner.LoadedModel) -> N
     ax.set_xlabel("frames")
     ax.set_ylabel("accuracy")
     ax.legend()
-    fig.tight_layout()
-    curve = out / "per_frames.png"
-    fig.savefig(curve, dpi=120)
-    plt.close(fig)
+    curve = save_figure(fig, out / "per_frames.png")
     name = cfg.result_name if cfg.result_name is not None else f"needle-{cfg.frames}"
     if name:
         from longvila.leaderboards.results import write_result

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from longvila.eval import base, prompts, runner
-from longvila.utils import atomic_write_bytes, atomic_write_json, progress, read_json
+from longvila.utils import atomic_write_bytes, atomic_write_json, progress, read_json, save_figure
 
 FIELDS = ("video_id", "duration", "domain", "sub_category", "videoID", "question_id", "task_type", "question",
           "options", "answer")
@@ -329,10 +329,7 @@ def write_outputs(cfg: VideoMMEConfig, summary: dict, lm: runner.LoadedModel) ->
     ax.set_xlabel("frames sampled")
     ax.set_ylabel("accuracy")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    curve = out / "curve.png"
-    fig.savefig(curve, dpi=120)
-    plt.close(fig)
+    curve = save_figure(fig, out / "curve.png")
     name = cfg.result_name if cfg.result_name is not None else ("videomme-real" if cfg.root else "videomme")
     if not name:
         return

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from longvila.utils import atomic_write_text
+from longvila.utils import atomic_write_text, save_figure
 
 OURS = ("zigzag_ring", "ulysses", "2d_u2r2")
 METHODS = ("reference", "basic_ring", "deepspeed_ulysses", *OURS)
@@ -127,7 +127,4 @@ def _plot(rows: list[dict], path: Path) -> Path:
         ax.set_ylabel("fwd+bwd CPU time (s), slowest rank")
         ax.set_title(f"causal attention: {w} ranks x 1 thread (reference 1 x 1)", fontsize=10)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from longvila.utils import atomic_write_text
+from longvila.utils import atomic_write_text, save_figure
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -91,12 +91,7 @@ def plot_loss(records: list[dict[str, Any]], path: Path, title: str) -> None:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=110)
 
 
 def summarize(records: list[dict[str, Any]], seconds: float, extra: dict[str, Any]) -> dict[str, Any]:
