@@ -134,6 +134,10 @@ def run_all(args) -> int:
         extra = f"  eval {ev['accuracy']:.1%} (chance {ev['chance']:.1%})" if ev else ""
         print(f"stage {n} {s['name']:<12} steps {s['steps']:>4}  loss {s['loss_first']:.3f} -> "
               f"{s['loss_last']:.3f}  {s['seconds']:.0f}s{extra}")
+        phases = s.get("phases") or []
+        if len(phases) > 1:  # a curriculum: the loss is comparable within a phase, not across phases
+            print("    per phase: " + ", ".join(f"{p['frames']}f {p['loss_first']:.3f}->{p['loss_last']:.3f}"
+                                             for p in phases))
     from longvila.utils import atomic_write_json
 
     atomic_write_json(out / "recipe_summary.json", {"stages": rows, "wall_s": round(time.time() - t0, 1)})

@@ -94,11 +94,36 @@ def plot_loss(records: list[dict[str, Any]], path: Path, title: str) -> None:
     save_figure(fig, path, dpi=110)
 
 
+def _first_last(loss: list[float]) -> tuple[float | None, float | None]:
+    k = max(1, len(loss) // 10)
+    return (sum(loss[:k]) / k, sum(loss[-k:]) / k) if loss else (None, None)
+
+
+def phase_losses(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """First/last loss (means of the first and last 10% of steps) of each curriculum phase.
+
+    Across a frame-count curriculum the stage's loss is not comparable from phase to phase (a 1,500-frame
+    video question is harder than a 32-frame one), so whether training helps is read within each phase."""
+    phases: list[dict[str, Any]] = []
+    for r in records:
+        key = (r.get("frames"), r.get("batch"))
+        if not phases or phases[-1]["key"] != key:
+            phases.append({"key": key, "loss": []})
+        phases[-1]["loss"].append(r["loss"])
+    out = []
+    for p in phases:
+        first, last = _first_last(p["loss"])
+        out.append({"frames": p["key"][0], "batch": p["key"][1], "steps": len(p["loss"]),
+                    "loss_first": first, "loss_last": last})
+    return out
+
+
 def summarize(records: list[dict[str, Any]], seconds: float, extra: dict[str, Any]) -> dict[str, Any]:
-    """steps, tokens, time and first/last loss (means of the first and last 10% of steps)."""
+    """steps, tokens, time, first/last loss (means of the first and last 10% of steps), and per phase."""
     loss = [r["loss"] for r in records]
     k = max(1, len(loss) // 10)
     return {
+        "phases": phase_losses(records),
         "steps": records[-1]["step"] if records else 0,
         "tokens": int(sum(r.get("tokens", 0) for r in records)),
         "seconds": round(seconds, 1),

@@ -12,9 +12,11 @@ Design choices:
 - The loss is SigLIP's pairwise sigmoid loss (Zhai et al. 2023): every image-caption pair of a batch is
   a binary match / no-match problem, logits ``exp(t) * <img, txt> + b`` with t = log 10 and b = -10 at
   init, summed over pairs and divided by the batch size.
-- Image embedding: the tower's patch tokens averaged, then a linear head (SigLIP's own head is a
-  multi-head attention pool; the tiny tower has 4 patches). Text tower: a bag of token embeddings (mean)
-  and a linear head - enough for the captions' attribute words; both heads are thrown away afterwards.
+- Image embedding: the tower's patch tokens concatenated, then a linear head (SigLIP's own head is a
+  multi-head attention pool; the tiny tower has 4 patches, and a mean would blur where each digit of a
+  code card stands). Text tower: a bag of token embeddings plus a bag of (position, token) embeddings
+  and a linear head - enough for the captions' attribute words and the order of a code's digits; both
+  heads are thrown away afterwards.
 - Deterministic: the heads and batches come from ``seed``, so every rank computes the same tower; ranks
   of a process group then also take rank 0's tower (a broadcast), so they cannot diverge.
 - The last ``heldout`` pairs are never trained on; image-to-caption retrieval accuracy on them (a caption
@@ -61,25 +63,35 @@ def load_pairs(data_root: str | Path, sets: tuple[str, ...], processor) -> tuple
 
 
 class PairHeads(nn.Module):
-    """Image head (mean patch token -> dim), bag-of-embeddings text tower (-> dim), temperature and bias."""
+    """Image head (patch tokens -> dim), order-aware bag-of-embeddings text tower (-> dim), temperature, bias.
 
-    def __init__(self, vision_hidden: int, vocab: int, dim: int):
+    The text tower sums two bags: one of tokens (attribute words wherever they stand) and one of
+    (position, token) pairs, so that "code 471" and "code 174" differ; a plain bag cannot tell them apart
+    and the tower would never have to read the digits in order."""
+
+    MAX_POS = 32
+
+    def __init__(self, vision_hidden: int, vocab: int, dim: int, patches: int = 1):
         super().__init__()
-        self.image = nn.Linear(vision_hidden, dim)
+        self.vocab = vocab
+        self.image = nn.Linear(vision_hidden * patches, dim)
         self.text_emb = nn.EmbeddingBag(vocab, dim, mode="mean")
+        self.text_pos = nn.EmbeddingBag(vocab * self.MAX_POS, dim, mode="mean")
         self.text = nn.Linear(dim, dim)
         self.log_t = nn.Parameter(torch.tensor(math.log(10.0)))
         self.bias = nn.Parameter(torch.tensor(-10.0))
 
     def embed_images(self, tower: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
         """pixel_values (B, 3, S, S) -> unit vectors (B, dim)."""
-        return F.normalize(self.image(tower(pixel_values).mean(1)), dim=-1)
+        return F.normalize(self.image(tower(pixel_values).flatten(1)), dim=-1)
 
     def embed_texts(self, captions: list[torch.Tensor]) -> torch.Tensor:
         """B token-id tensors -> unit vectors (B, dim)."""
         flat = torch.cat(captions)
         offsets = torch.tensor([0] + [len(c) for c in captions[:-1]]).cumsum(0)
-        return F.normalize(self.text(self.text_emb(flat, offsets)), dim=-1)
+        pos = torch.cat([torch.arange(len(c)).clamp(max=self.MAX_POS - 1) for c in captions])
+        bags = self.text_emb(flat, offsets) + self.text_pos(pos * self.vocab + flat, offsets)
+        return F.normalize(self.text(bags), dim=-1)
 
 
 def sigmoid_loss(img: torch.Tensor, txt: torch.Tensor, log_t: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -108,7 +120,7 @@ def pretrain_vision_tower(tower: nn.Module, vision_hidden: int, vocab: int, data
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        heads = PairHeads(vision_hidden, vocab, cfg.dim)
+        heads = PairHeads(vision_hidden, vocab, cfg.dim, patches=int(tower(pix[:1]).shape[1]))
     was_training = tower.training
     tower.train()
     params = [p for p in tower.parameters()] + list(heads.parameters())

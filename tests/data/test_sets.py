@@ -52,12 +52,22 @@ def test_every_set_round_trips(built):
 
 def test_images_match_the_world(built):
     cfg, out, _ = built
+    kinds = set()
     for s in _samples(out, "align"):
         rec = s["json"]
         img = np.asarray(Image.open(io.BytesIO(s["jpg"])).convert("RGB"))
+        if rec["events"][0]["kind"] == "code":  # a code card: its caption is its code, drawn with train digits
+            code = rec["events"][0]["code"]
+            assert len(rec["events"]) == 1 and len(code) == 3 and code.isdigit()
+            assert rec["conversations"][1]["value"] == f"A card shows the code {code}."
+            assert img[0].max() < 40 and img[16, 16:].max() > 200  # black frame, white paper
+            kinds.add("code")
+            continue
         ref = world.make_image(rec["seed"], "train").frames[0]
         assert np.abs(img.astype(int) - ref).mean() < 6
         assert rec["conversations"][1]["value"] == Q.caption_image(rec["events"])
+        kinds.add("scene")
+    assert kinds == {"code", "scene"}  # 6 samples at code_frac 0.5
     kinds = {s["json"]["kind"] for s in _samples(out, "pretrain")}
     assert kinds == {"image_caption", "interleaved"}
 

@@ -26,7 +26,7 @@ def test_stage_table_trainable_modules_and_sets():
         assert cfg.stage == n and set(cfg.model.train) == set(train)
         validate(cfg, world_size=2)
     assert [get_stage(n).data.sets for n in range(1, 6)] == [
-        ("align",), ("pretrain",), ("short_sft",), ("context_ext",), ("long_sft",)]
+        ("align",), ("align", "pretrain"), ("short_sft",), ("context_ext",), ("long_sft", "short_sft")]
     assert get_stage(4).sp == 2 and get_stage(5).sp == 2
     assert get_stage(3).eval.set == get_stage(5).eval.set == "short_sft_eval"
 
@@ -104,7 +104,8 @@ def test_unknown_stage_and_layout_errors():
 def test_lr_schedule_warmup_cosine_and_constant():
     from longvila.pipelines.engine import lr_lambda
 
-    cfg = apply_overrides(stage3(), ["schedule.steps=100", "schedule.warmup_steps=10", "schedule.min_lr_ratio=0.1"])
+    cfg = apply_overrides(stage3(), ["schedule.steps=100", "schedule.warmup_steps=10", "schedule.min_lr_ratio=0.1",
+                                    "schedule.kind=cosine"])
     f = lr_lambda(cfg)
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
     assert f(10) == pytest.approx(1.0) and f(55) == pytest.approx(0.55) and f(100) == pytest.approx(0.1)

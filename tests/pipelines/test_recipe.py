@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from longvila.pipelines import checkpoint as ck
 from longvila.pipelines.cli import main
+from longvila.pipelines.config import stage4
 
 ROOT = Path(__file__).parents[2]
 
@@ -75,7 +76,7 @@ def test_five_stage_smoke_run(tmp_path):
     # stage 4's RoPE row is in the saved config, and stage 5 keeps it
     for n in (4, 5):
         text = json.loads((out / f"stage{n}" / "config.json").read_text())["text_config"]
-        assert text["rope_parameters"]["rope_theta"] == 1.5e5 and text["max_position_embeddings"] == 8192
+        assert (text["max_position_embeddings"], text["rope_parameters"]["rope_theta"]) == stage4().rope() == (16384, 2.1e6)
     text3 = json.loads((out / "stage3" / "config.json").read_text())["text_config"]
     assert text3["rope_parameters"]["rope_theta"] == 1e4 and text3["max_position_embeddings"] == 2048
     for n in (3, 5):

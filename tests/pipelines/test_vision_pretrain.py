@@ -72,6 +72,19 @@ def test_pretraining_makes_images_retrievable(align_data):
     assert any(not torch.equal(before[k], v) for k, v in model.vision_tower.state_dict().items())
 
 
+def test_text_tower_tells_digit_order_apart():
+    from longvila.pipelines.vision_pretrain import PairHeads
+
+    torch.manual_seed(0)
+    heads = PairHeads(64, 100, 16, patches=4)
+    a, b, c = torch.tensor([5, 7, 1, 4]), torch.tensor([5, 4, 1, 7]), torch.tensor([5, 7, 1, 4])
+    e = heads.embed_texts([a, b, c])
+    assert torch.allclose(e[0], e[2]) and not torch.allclose(e[0], e[1], atol=1e-3)
+    # a plain bag (the token half alone) cannot: same tokens, same vector
+    bag = heads.text_emb(torch.cat([a, b]), torch.tensor([0, 4]))
+    assert torch.allclose(bag[0], bag[1])
+
+
 def test_skipped_with_pretrained_siglip_or_checkpoint(align_data, tmp_path):
     from longvila.model import LongVILAForCausalLM, tiny_config
     from longvila.pipelines.stages import make_task
