@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import time
@@ -11,6 +10,7 @@ import time
 
 def _build(args) -> int:
     from longvila.data import sets
+    from longvila.utils import set_field
 
     cfg = sets.BuildConfig(seed=args.seed)
     for name in args.sets:
@@ -20,7 +20,7 @@ def _build(args) -> int:
     for kv in args.set or []:
         path, _, value = kv.partition("=")
         try:
-            _override(cfg, path, value)
+            set_field(cfg, path, value)
         except (AttributeError, ValueError) as e:
             print(f"longvila data build: bad --set {kv!r}: {e}", file=sys.stderr)
             return 2
@@ -32,27 +32,6 @@ def _build(args) -> int:
               f"(skipped {sum(m['skipped'].values())}: {skipped})")
     print(f"built in {time.perf_counter() - t0:.1f} s")
     return 0
-
-
-def _override(cfg, path: str, value: str) -> None:
-    """``--set long_sft.max_frames=600``: a typed override of one config field."""
-    *parents, leaf = path.split(".")
-    obj = cfg
-    for p in parents:
-        obj = getattr(obj, p)
-    fields = {f.name: f for f in dataclasses.fields(obj)}
-    if leaf not in fields:
-        raise AttributeError(f"{type(obj).__name__} has no field {leaf!r}; fields: {sorted(fields)}")
-    cur = getattr(obj, leaf)
-    if isinstance(cur, tuple):
-        new = tuple(type(c)(x) for c, x in zip(cur, value.split(","), strict=True))
-    elif isinstance(cur, bool):
-        new = value.lower() in ("1", "true", "yes")
-    elif cur is None:
-        new = value
-    else:
-        new = type(cur)(value)
-    setattr(obj, leaf, new)
 
 
 def _verify(args) -> int:

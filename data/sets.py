@@ -46,8 +46,8 @@ EXACT_TYPES = ("counting", "code", "color", "spatial", "digit", "order", "tempor
 
 @dataclass
 class AlignConfig:
-    num_samples: int = 6000
-    per_shard: int = 1000
+    num_samples: int = 12000
+    per_shard: int = 2000
     # share of code cards ("A card shows the code 471."): the only images whose caption needs the tower to
     # read handwriting, which the needle evaluation and the code questions depend on
     code_frac: float = 0.5

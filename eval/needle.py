@@ -13,7 +13,9 @@ Design choices:
   code digit equals the digit, which is what greedy generation would produce. All needles of a cell share
   one prompt length and go through the LLM as one batch.
 - Controls in the same run: for every frame count, the same codes asked of the haystack with no needle
-  (must stay near chance, 0.1%), so a high score cannot come from a prior over codes.
+  (must stay near chance, 0.1%), so a high score cannot come from a prior over codes; and the same cards
+  asked with no haystack at all ("needle alone"), the reading ceiling: handwriting by unseen writers is
+  not always legible to the model, and the grid can only be read against what the card alone gives.
 - Each cell is one JSON file written atomically as soon as it is scored, tagged with a signature of
   everything that decides it (model hash, haystack, codes); a rerun skips cells whose file matches, so an
   interrupted run resumes and a changed model recomputes.
@@ -114,8 +116,12 @@ def _haystack_key(cfg: NeedleConfig) -> str:
     return f"world:eval:{cfg.haystack_seed}"
 
 
-def _cell_path(cells_dir: Path, n: int, depth: float | None) -> Path:
-    return cells_dir / f"f{n:05d}-{'control' if depth is None else f'd{depth:.2f}'}.json"
+ALONE = "alone"  # the cell kind of the reading reference: the needle card with no haystack at all
+
+
+def _cell_path(cells_dir: Path, n: int, depth: float | str | None) -> Path:
+    kind = "control" if depth is None else ALONE if depth == ALONE else f"d{depth:.2f}"
+    return cells_dir / f"f{n:05d}-{kind}.json"
 
 
 def _signature(*parts) -> str:
@@ -197,7 +203,9 @@ def run(cfg: NeedleConfig, lm: runner.LoadedModel | None = None, ckpt: str | Non
     cache = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
     full, hit = runner.cached_embeddings(lm, cache, hay_key, cfg.frames, lambda: _haystack_frames(cfg, cfg.frames))
     scorer = _Scorer(lm, mesh)
-    units = [(n, d) for n in counts for d in cfg.depths] + ([(n, None) for n in counts] if cfg.controls else [])
+    units = [(n, d) for n in counts for d in cfg.depths]
+    if cfg.controls:
+        units += [(n, None) for n in counts] + [(n, ALONE) for n in counts]
     done = {}  # finished cells, read once before any work so that every rank skips the same ones
     for n, depth in units:
         path, sig = _cell_path(cells_dir, n, depth), _signature(lm.model_hash, hay_key, cfg.frames, n, depth,
@@ -217,13 +225,16 @@ def run(cfg: NeedleConfig, lm: runner.LoadedModel | None = None, ckpt: str | Non
         path = _cell_path(cells_dir, n, depth)
         sig = _signature(lm.model_hash, hay_key, cfg.frames, n, depth, codes, cfg.seed)
         hay = full[torch.from_numpy(sample_indices(cfg.frames, n))]
+        if depth == ALONE:  # the same cards as the cells of n frames, asked with no haystack
+            hay = hay[:0]
         needle_emb = None
         if depth is not None:
             cards = np.stack([world.code_image(c, "eval", np.random.default_rng([cfg.seed, n, int(c)]))
                               for c in codes])
             needle_emb = runner.encode_frames(lm, cards)  # (needles, T, D)
-        correct, pred, where = score_cell(lm, scorer, hay, codes, depth, needle_emb)
-        cell = {"frames": n, "depth": depth, "control": depth is None, "codes": codes, "correct": correct,
+        correct, pred, where = score_cell(lm, scorer, hay, codes, 0.0 if depth == ALONE else depth, needle_emb)
+        cell = {"frames": n, "depth": None if depth == ALONE else depth, "control": depth is None,
+                "alone": depth == ALONE, "codes": codes, "correct": correct,
                 "predicted": pred, "needle_frame": where, "accuracy": base.accuracy(sum(correct), len(correct)),
                 "signature": sig}
         if rank == 0:
@@ -241,21 +252,23 @@ def run(cfg: NeedleConfig, lm: runner.LoadedModel | None = None, ckpt: str | Non
 def summarize(cfg: NeedleConfig, cells: list[dict], counts: list[int]) -> dict:
     grid = [[None] * len(counts) for _ in cfg.depths]
     per_frames, control = {}, {}
+    grid_cells = [c for c in cells if not c["control"] and not c.get("alone")]
     for c in cells:
-        j = counts.index(c["frames"])
         if c["control"]:
             control[c["frames"]] = c
-        else:
-            grid[list(cfg.depths).index(c["depth"])][j] = c["accuracy"]
+    for c in grid_cells:
+        grid[list(cfg.depths).index(c["depth"])][counts.index(c["frames"])] = c["accuracy"]
     for n in counts:
-        col = [c for c in cells if c["frames"] == n and not c["control"]]
+        col = [c for c in grid_cells if c["frames"] == n]
         k = sum(sum(c["correct"]) for c in col)
         per_frames[str(n)] = base.accuracy(k, sum(len(c["correct"]) for c in col))
-    hits = [x for c in cells if not c["control"] for x in c["correct"]]
+    hits = [x for c in grid_cells for x in c["correct"]]
     ctrl = [x for c in cells if c["control"] for x in c["correct"]]
+    alone = [x for c in cells if c.get("alone") for x in c["correct"]]
     return {"frame_counts": counts, "depths": list(cfg.depths), "grid": grid, "accuracy_per_frames": per_frames,
             "accuracy": base.accuracy(sum(hits), len(hits)), "trials": len(hits),
             "control_accuracy": base.accuracy(sum(ctrl), len(ctrl)), "control_trials": len(ctrl),
+            "alone_accuracy": base.accuracy(sum(alone), len(alone)) if alone else None, "alone_trials": len(alone),
             "chance": 1 / 10**CODE_DIGITS, "config": asdict(cfg)}
 
 
@@ -271,12 +284,16 @@ def write_outputs(cfg: NeedleConfig, summary: dict, lm: runner.LoadedModel) -> N
     ax.set_yticks(range(len(summary["depths"])), [f"{d:.0%}" for d in summary["depths"]])
     ax.set_xlabel("frames in the haystack")
     ax.set_ylabel("needle depth")
+    alone = summary.get("alone_accuracy")
     ax.set_title(f"needle in a haystack: {summary['accuracy']:.1%} "
-                 f"(no-needle control {summary['control_accuracy']:.1%})", fontsize=9)
+                 f"(no-needle control {summary['control_accuracy']:.1%}"
+                 + (f", needle alone {alone:.1%}" if alone is not None else "") + ")", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.03)
     heat = save_figure(fig, out / "heatmap.png")
     fig, ax = plt.subplots(figsize=(5, 3))
     ax.plot(counts, [summary["accuracy_per_frames"][str(c)] for c in counts], "o-", label="needle")
+    if summary.get("alone_accuracy") is not None:
+        ax.axhline(summary["alone_accuracy"], color="tab:green", ls=":", label="needle alone (no haystack)")
     ax.axhline(summary["chance"], color="gray", ls="--", label="chance")
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("frames")
@@ -288,9 +305,11 @@ def write_outputs(cfg: NeedleConfig, summary: dict, lm: runner.LoadedModel) -> N
         from longvila.leaderboards.results import write_result
 
         metrics = {"accuracy": summary["accuracy"], "control": summary["control_accuracy"], "frames": cfg.frames}
+        if summary.get("alone_accuracy") is not None:
+            metrics["acc_alone"] = summary["alone_accuracy"]
         metrics.update({f"acc@{n}": a for n, a in summary["accuracy_per_frames"].items()})
         write_result(name, "needle", metrics, details={k: summary[k] for k in (
-            "frame_counts", "depths", "grid", "trials", "control_trials", "chance", "seconds")},
+            "frame_counts", "depths", "grid", "trials", "control_trials", "alone_trials", "chance", "seconds")},
             config={"model": str(lm.ckpt), "model_hash": lm.model_hash, **summary["config"]},
             seed=cfg.seed, command=cfg.command, plots={"heatmap": heat, "per_frames": curve},
             results_dir=os.environ.get("LONGVILA_RESULTS_DIR"))

@@ -20,7 +20,7 @@ import os
 import platform
 import subprocess
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -160,3 +160,65 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
     return Path(path)
+
+
+# ------------------------------------------------------------------------------------------ typed overrides
+def parse_typed(value: str, tp: Any, key: str, special: Callable[[str, Any, str], Any] | None = None) -> Any:
+    """A command-line string parsed as the annotated type ``tp`` of config field ``key``.
+
+    Handles ``X | None`` ("none"/"null"), ``tuple[T, ...]`` and fixed ``tuple[A, B]`` (comma-separated),
+    ``bool`` (1/0, true/false, yes/no, on/off), ``int`` (also "1e4"), ``float`` and ``str``. ``special(value,
+    tp, key)`` is tried first and returns ``NotImplemented`` for the types it leaves to this function.
+    Raises ``ValueError`` naming ``key`` for a value that does not fit.
+    """
+    import types
+    import typing
+
+    if special is not None:
+        got = special(value, tp, key)
+        if got is not NotImplemented:
+            return got
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value.lower() in ("none", "null") and len(args) < len(typing.get_args(tp)):
+            return None
+        return parse_typed(value, args[0], key, special)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        parts = [v.strip() for v in value.split(",") if v.strip()] if value.strip() else []
+        if not args or (len(args) == 2 and args[1] is Ellipsis):
+            return tuple(parse_typed(p, args[0] if args else str, key, special) for p in parts)
+        if len(parts) != len(args):
+            raise ValueError(f"{key}: expected {len(args)} comma-separated values, got {value!r}")
+        return tuple(parse_typed(p, a, key, special) for p, a in zip(parts, args, strict=True))
+    if tp is bool:
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{key}: expected a boolean, got {value!r}")
+    if tp in (int, float, str):
+        try:
+            return tp(float(value)) if tp is int and "e" in value.lower() else tp(value)
+        except ValueError:
+            raise ValueError(f"{key}: expected {tp.__name__}, got {value!r}") from None
+    raise ValueError(f"{key}: cannot override a field of type {tp}")
+
+
+def set_field(obj: Any, path: str, value: str) -> None:
+    """``set_field(cfg, "long_sft.max_frames", "600")``: parse and set one field of nested (mutable)
+    dataclasses by its annotated type; an unknown field is an AttributeError listing the known ones."""
+    import dataclasses
+    import typing
+
+    *parents, leaf = path.split(".")
+    for p in parents:
+        if not dataclasses.is_dataclass(obj) or p not in {f.name for f in dataclasses.fields(obj)}:
+            raise AttributeError(f"{type(obj).__name__} has no group {p!r}")
+        obj = getattr(obj, p)
+    hints = typing.get_type_hints(type(obj))
+    if not dataclasses.is_dataclass(obj) or leaf not in hints or dataclasses.is_dataclass(hints[leaf]):
+        known = sorted(f.name for f in dataclasses.fields(obj)) if dataclasses.is_dataclass(obj) else []
+        raise AttributeError(f"{type(obj).__name__} has no field {leaf!r}; fields: {known}")
+    setattr(obj, leaf, parse_typed(value, hints[leaf], path))

@@ -51,3 +51,39 @@ def test_atomic_write_leaves_old_file_on_error(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ValueError, match="bad.json"):
         read_json(tmp_path / "bad.json")
+
+
+def test_typed_overrides_parse_by_annotation():
+    """One typed parser behind `longvila data build --set` and `longvila train --set`."""
+    from dataclasses import dataclass, field
+
+    from longvila.utils import parse_typed, set_field
+
+    assert parse_typed("1e4", int, "k") == 10000 and parse_typed("0.5", float, "k") == 0.5
+    assert parse_typed("off", bool, "k") is False and parse_typed("none", str | None, "k") is None
+    assert parse_typed("8, 32", tuple[int, int], "k") == (8, 32)
+    assert parse_typed("a,b,c", tuple[str, ...], "k") == ("a", "b", "c")
+    with pytest.raises(ValueError, match="k: expected 2 comma-separated values"):
+        parse_typed("1,2,3", tuple[int, int], "k")
+    with pytest.raises(ValueError, match="k: expected int"):
+        parse_typed("x", int, "k")
+    with pytest.raises(ValueError, match="k: expected a boolean"):
+        parse_typed("maybe", bool, "k")
+
+    @dataclass
+    class Inner:
+        frames: tuple[int, int] = (8, 32)
+        captioner: str | None = None
+
+    @dataclass
+    class Outer:
+        inner: Inner = field(default_factory=Inner)
+
+    cfg = Outer()
+    set_field(cfg, "inner.frames", "4,16")
+    set_field(cfg, "inner.captioner", "pkg.mod:fn")
+    assert cfg.inner == Inner((4, 16), "pkg.mod:fn")
+    with pytest.raises(AttributeError, match="no field 'nope'"):
+        set_field(cfg, "inner.nope", "1")
+    with pytest.raises(AttributeError, match="no group 'missing'"):
+        set_field(cfg, "missing.frames", "1")

@@ -118,10 +118,13 @@ def test_grid_oracle_and_control(tiny_lm, tmp_path, monkeypatch):
     s = needle.run(_cfg(tmp_path), lm=tiny_lm)
     assert s["accuracy"] == 1.0 and s["trials"] == 2 * 3 * 3
     assert s["control_accuracy"] == 0.0 and s["control_trials"] == 2 * 3
+    # the needle-alone reference (the same cards, no haystack) is reported apart from the grid
+    assert s["alone_accuracy"] == 1.0 and s["alone_trials"] == 2 * 3
     assert s["grid"] == [[1.0, 1.0]] * 3
     assert (tmp_path / "needle" / "heatmap.png").stat().st_size > 1000
     res = json.loads((tmp_path / "results" / "needle-40.json").read_text())
     assert res["metrics"]["accuracy"] == 1.0 and res["metrics"]["control"] == 0.0
+    assert res["metrics"]["acc_alone"] == 1.0
     assert res["metrics"]["acc@40"] == 1.0 and "heatmap" in res["plots"]
 
 
@@ -144,7 +147,7 @@ def test_resume_computes_only_missing_cells(tiny_lm, tmp_path, monkeypatch):
     assert not list((tmp_path / "needle" / "cells").glob(".*"))
     monkeypatch.setattr(needle._Scorer, "__call__", real)
     s = needle.run(cfg, lm=tiny_lm)
-    total = 2 * 3 + 2
+    total = 2 * 3 + 2 + 2  # grid cells, controls, needle-alone cells
     assert s["computed_cells"] == total - 4 and s["reused_cells"] == 4 and s["embeddings_cached"]
     again = needle.run(cfg, lm=tiny_lm)
     assert again["computed_cells"] == 0 and again["grid"] == s["grid"]
@@ -173,7 +176,7 @@ def test_sharded_grid_matches_one_process(tiny_ckpt, tmp_path):
     one = needle.run(_cfg(tmp_path / "one", result_name=""), ckpt=str(tiny_ckpt))
     cfg2 = _cfg(tmp_path / "two", result_name="", nproc=2)
     two = needle_sp.run_sharded(cfg2, tiny_ckpt, timeout=300)
-    assert two["computed_cells"] == 8 and two["grid"] == one["grid"]
+    assert two["computed_cells"] == 10 and two["grid"] == one["grid"]
     for f in sorted((tmp_path / "one" / "needle" / "cells").glob("*.json")):
         a = json.loads(f.read_text())
         b = json.loads((tmp_path / "two" / "needle" / "cells" / f.name).read_text())
