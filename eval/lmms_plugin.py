@@ -1,8 +1,8 @@
 """lmms-eval plugin: ``python -m lmms_eval --model longvila --model_args pretrained=PATH,num_frames=N``.
 
-The model registers through the ``lmms_eval.models`` entry point (pyproject.toml). lmms-eval 0.7 loads an
-entry point and, when it is callable, calls it with no arguments and expects a ``ModelManifest`` (or a list
-of them). It also ships a built-in chat model under the same name ``longvila`` (for NVlabs' checkpoints), and
+The model registers through the ``lmms_eval.models`` entry point (pyproject.toml), which names
+:func:`manifest`: lmms-eval 0.7 loads an entry point and, when it is callable, calls it with no arguments
+and expects a ``ModelManifest`` (or a list of them). It also ships a built-in chat model under the same name ``longvila`` (for NVlabs' checkpoints), and
 resolves a name to its chat class first; so the manifest names both a simple class (:class:`LongVILALmms`)
 and a chat class (:class:`LongVILAChatLmms`), and overrides the built-in.
 
@@ -38,13 +38,6 @@ def manifest():
 
 class LongVILALmms(lmms):
     """A LongVILA checkpoint as an lmms-eval simple model (requests carry ``doc_to_visual``)."""
-
-    def __new__(cls, *args, **kwargs):
-        # NOTE: the declared entry point names this class; lmms-eval calls it with no arguments to get the
-        # registration payload. A real construction always has ``pretrained``.
-        if not args and not kwargs:
-            return manifest()
-        return super().__new__(cls)
 
     def __init__(self, pretrained: str | None = None, num_frames: int | str = 8, max_new_tokens: int | str = 16,
                  batch_size: int | str = 1, device: str = "cpu", **kwargs) -> None:
