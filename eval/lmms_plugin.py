@@ -2,9 +2,10 @@
 
 The model registers through the ``lmms_eval.models`` entry point (pyproject.toml), which names
 :func:`manifest`: lmms-eval 0.7 loads an entry point and, when it is callable, calls it with no arguments
-and expects a ``ModelManifest`` (or a list of them). It also ships a built-in chat model under the same name ``longvila`` (for NVlabs' checkpoints), and
-resolves a name to its chat class first; so the manifest names both a simple class (:class:`LongVILALmms`)
-and a chat class (:class:`LongVILAChatLmms`), and overrides the built-in.
+and expects a ``ModelManifest`` (or a list of them). It also ships a built-in chat model under the same
+name ``longvila`` (for NVlabs' checkpoints), and resolves a name to its chat class first; so the manifest
+names both a simple class (:class:`LongVILALmms`) and a chat class (:class:`LongVILAChatLmms`), and
+overrides the built-in.
 
 Design choices:
 - Both classes share one answer path (``_respond``): read the request's videos (uniform ``num_frames``

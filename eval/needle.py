@@ -251,11 +251,8 @@ def run(cfg: NeedleConfig, lm: runner.LoadedModel | None = None, ckpt: str | Non
 
 def summarize(cfg: NeedleConfig, cells: list[dict], counts: list[int]) -> dict:
     grid = [[None] * len(counts) for _ in cfg.depths]
-    per_frames, control = {}, {}
+    per_frames = {}
     grid_cells = [c for c in cells if not c["control"] and not c.get("alone")]
-    for c in cells:
-        if c["control"]:
-            control[c["frames"]] = c
     for c in grid_cells:
         grid[list(cfg.depths).index(c["depth"])][counts.index(c["frames"])] = c["accuracy"]
     for n in counts:

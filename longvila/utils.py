@@ -186,7 +186,7 @@ def parse_typed(value: str, tp: Any, key: str, special: Callable[[str, Any, str]
         return parse_typed(value, args[0], key, special)
     if origin is tuple:
         args = typing.get_args(tp)
-        parts = [v.strip() for v in value.split(",") if v.strip()] if value.strip() else []
+        parts = [v.strip() for v in value.split(",") if v.strip()]
         if not args or (len(args) == 2 and args[1] is Ellipsis):
             return tuple(parse_typed(p, args[0] if args else str, key, special) for p in parts)
         if len(parts) != len(args):

@@ -121,14 +121,14 @@ def phase_losses(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def summarize(records: list[dict[str, Any]], seconds: float, extra: dict[str, Any]) -> dict[str, Any]:
     """steps, tokens, time, first/last loss (means of the first and last 10% of steps), and per phase."""
     loss = [r["loss"] for r in records]
-    k = max(1, len(loss) // 10)
+    first, last = _first_last(loss)
     return {
         "phases": phase_losses(records),
         "steps": records[-1]["step"] if records else 0,
         "tokens": int(sum(r.get("tokens", 0) for r in records)),
         "seconds": round(seconds, 1),
-        "loss_first": sum(loss[:k]) / k if loss else None,
-        "loss_last": sum(loss[-k:]) / k if loss else None,
+        "loss_first": first,
+        "loss_last": last,
         "loss_first_step": loss[0] if loss else None,
         "loss_last_step": loss[-1] if loss else None,
         **extra,
