@@ -154,7 +154,9 @@ def mc_prompt(question: str, options: list[str]) -> str:
     return f"{MC_HEADER}\n{question}\n" + "\n".join(options) + "\nThe best answer is:"
 
 
-def _mc(rng: np.random.Generator, answer: str, pool: Sequence[str]) -> tuple[list[str], str] | None:
+def mc_options(rng: np.random.Generator, answer: str, pool: Sequence[str]) -> tuple[list[str], str] | None:
+    """Four options ("A. ..." ... "D. ...") with ``answer`` at a random letter among three distractors drawn
+    from ``pool``, and its letter; None when the pool has fewer than three other answers."""
     distract = sorted({p for p in pool if p != answer})
     if len(distract) < 3:
         return None
@@ -165,7 +167,7 @@ def _mc(rng: np.random.Generator, answer: str, pool: Sequence[str]) -> tuple[lis
 
 
 def _qa(rng, type_, question, answer, pool) -> QA:
-    mc = _mc(rng, answer, pool)
+    mc = mc_options(rng, answer, pool)
     return QA(type_, question, answer, *(mc if mc else (None, None)))
 
 
@@ -291,4 +293,4 @@ def image_questions(events: Sequence[Event | dict], seed: int = 0) -> list[QA]:
 
 
 __all__ = ["QA", "QUESTION_TYPES", "caption_clip", "caption_image", "compose_questions", "image_questions",
-           "mc_prompt", "parse_sentence", "sentence", "split_sentences"]
+           "mc_options", "mc_prompt", "parse_sentence", "sentence", "split_sentences"]

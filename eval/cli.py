@@ -81,7 +81,9 @@ def _run(args: argparse.Namespace, command: str) -> int:
         alone = summary.get("alone_accuracy")
         print(f"needle: accuracy {summary['accuracy']:.3f} over {summary['trials']} needles, no-needle control "
               f"{summary['control_accuracy']:.3f} (chance {summary['chance']:.3f})"
-              + (f", needle alone {alone:.3f}" if alone is not None else "") + "; "
+              + (f", needle alone {alone:.3f}" if alone is not None else "")
+              + (f", on cards read alone {summary['if_read_accuracy']:.3f} ({summary['if_read_trials']} needles)"
+                 if summary.get("if_read_accuracy") is not None else "") + "; "
               f"{summary['computed_cells']} cells computed, {summary['reused_cells']} reused, "
               f"{summary['seconds']:.0f} s -> {Path(args.out) / 'needle.json'}")
         for n, a in summary["accuracy_per_frames"].items():

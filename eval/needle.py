@@ -16,6 +16,8 @@ Design choices:
   (must stay near chance, 0.1%), so a high score cannot come from a prior over codes; and the same cards
   asked with no haystack at all ("needle alone"), the reading ceiling: handwriting by unseen writers is
   not always legible to the model, and the grid can only be read against what the card alone gives.
+  ``if_read_accuracy`` (``acc_if_read``) is retrieval apart from reading: the grid accuracy over the needles
+  whose card (the very same image) the model reads right with no haystack.
 - Each cell is one JSON file written atomically as soon as it is scored, tagged with a signature of
   everything that decides it (model hash, haystack, codes); a rerun skips cells whose file matches, so an
   interrupted run resumes and a changed model recomputes.
@@ -262,10 +264,18 @@ def summarize(cfg: NeedleConfig, cells: list[dict], counts: list[int]) -> dict:
     hits = [x for c in grid_cells for x in c["correct"]]
     ctrl = [x for c in cells if c["control"] for x in c["correct"]]
     alone = [x for c in cells if c.get("alone") for x in c["correct"]]
+    # retrieval apart from reading: the grid needles whose card the model reads with no haystack (the same
+    # card image: cards depend on the frame count and the code only)
+    read = {(c["frames"], code) for c in cells if c.get("alone")
+            for code, ok in zip(c["codes"], c["correct"], strict=True) if ok}
+    if_read = [x for c in grid_cells for code, x in zip(c["codes"], c["correct"], strict=True)
+               if (c["frames"], code) in read]
     return {"frame_counts": counts, "depths": list(cfg.depths), "grid": grid, "accuracy_per_frames": per_frames,
             "accuracy": base.accuracy(sum(hits), len(hits)), "trials": len(hits),
             "control_accuracy": base.accuracy(sum(ctrl), len(ctrl)), "control_trials": len(ctrl),
             "alone_accuracy": base.accuracy(sum(alone), len(alone)) if alone else None, "alone_trials": len(alone),
+            "if_read_accuracy": base.accuracy(sum(if_read), len(if_read)) if if_read else None,
+            "if_read_trials": len(if_read),
             "chance": 1 / 10**CODE_DIGITS, "config": asdict(cfg)}
 
 
@@ -282,9 +292,11 @@ def write_outputs(cfg: NeedleConfig, summary: dict, lm: runner.LoadedModel) -> N
     ax.set_xlabel("frames in the haystack")
     ax.set_ylabel("needle depth")
     alone = summary.get("alone_accuracy")
+    if_read = summary.get("if_read_accuracy")
     ax.set_title(f"needle in a haystack: {summary['accuracy']:.1%} "
                  f"(no-needle control {summary['control_accuracy']:.1%}"
-                 + (f", needle alone {alone:.1%}" if alone is not None else "") + ")", fontsize=9)
+                 + (f", needle alone {alone:.1%}" if alone is not None else "")
+                 + (f", cards read alone {if_read:.1%}" if if_read is not None else "") + ")", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.03)
     heat = save_figure(fig, out / "heatmap.png")
     fig, ax = plt.subplots(figsize=(5, 3))
@@ -304,9 +316,12 @@ def write_outputs(cfg: NeedleConfig, summary: dict, lm: runner.LoadedModel) -> N
         metrics = {"accuracy": summary["accuracy"], "control": summary["control_accuracy"], "frames": cfg.frames}
         if summary.get("alone_accuracy") is not None:
             metrics["acc_alone"] = summary["alone_accuracy"]
+        if summary.get("if_read_accuracy") is not None:
+            metrics["acc_if_read"] = summary["if_read_accuracy"]
         metrics.update({f"acc@{n}": a for n, a in summary["accuracy_per_frames"].items()})
         write_result(name, "needle", metrics, details={k: summary[k] for k in (
-            "frame_counts", "depths", "grid", "trials", "control_trials", "alone_trials", "chance", "seconds")},
+            "frame_counts", "depths", "grid", "trials", "control_trials", "alone_trials", "if_read_trials", "chance",
+            "seconds")},
             config={"model": str(lm.ckpt), "model_hash": lm.model_hash, **summary["config"]},
             seed=cfg.seed, command=cfg.command, plots={"heatmap": heat, "per_frames": curve},
             results_dir=os.environ.get("LONGVILA_RESULTS_DIR"))

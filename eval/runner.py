@@ -62,12 +62,15 @@ def model_hash(ckpt: str | os.PathLike) -> str:
 def load_model(ckpt: str | os.PathLike, dtype: torch.dtype = torch.float32) -> LoadedModel:
     """Load a ``save_pretrained`` LongVILA checkpoint (model + processor) for inference."""
     from longvila.model import LongVILAForCausalLM, LongVILAProcessor
+    from longvila.parallel.hf import LOGN_KEY, apply_sequence_parallel
 
     ckpt = Path(ckpt)
     if not (ckpt / "config.json").is_file():
         raise FileNotFoundError(f"{ckpt}: not a checkpoint folder (no config.json)")
     digest = model_hash(ckpt)
     model = LongVILAForCausalLM.from_pretrained(ckpt, dtype=dtype).eval()
+    if getattr(model.config.text_config, LOGN_KEY, 0):  # log-n scaling lives in the project's attention
+        apply_sequence_parallel(model)
     processor = LongVILAProcessor.from_pretrained(ckpt)
     return LoadedModel(model, processor, ckpt, digest)
 

@@ -13,6 +13,7 @@ zigzag layout to know each local token's global index. Tokens attend only inside
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 
@@ -37,6 +38,24 @@ def segment_ids_from_positions(position_ids: torch.Tensor, mesh: SPMesh, batch: 
     if batch is not None and seg.shape[0] != batch:
         seg = seg.expand(batch, -1)
     return seg.contiguous()
+
+
+def logn_scale(q: torch.Tensor, positions: torch.Tensor, base: int) -> torch.Tensor:
+    """Log-n attention scaling (Qwen's ``use_logn_attn``): q (B, H, S, D) at ``positions`` (B or 1, S),
+    counted from 0 in each sample, times max(1, log(position + 1) / log(base)).
+
+    A query that sees more keys than ``base`` gets proportionally sharper logits, which keeps the attention
+    entropy near what training saw when the context grows past it; at or below ``base`` positions q is
+    unchanged. The factor depends only on the token's own position, so it applies to local shards (zigzag,
+    Ulysses) exactly as to the whole sequence.
+    """
+    if base < 2:
+        raise ValueError(f"logn attention base must be >= 2 positions, got {base}")
+    if positions.shape[-1] != q.shape[2]:
+        raise ValueError(f"logn_scale: {positions.shape[-1]} positions for {q.shape[2]} queries")
+    pos = positions.reshape(-1, 1, q.shape[2], 1).to(torch.float64)
+    factor = torch.clamp(torch.log1p(pos) / math.log(base), min=1.0).to(q.dtype)
+    return q * factor
 
 
 def _check_local(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seg: torch.Tensor | None) -> None:

@@ -9,6 +9,10 @@
   them, since HF's default ``arange(S_local)`` would be wrong for a shard);
 - with fewer queries than keys (decoding against a gathered cache), runs local causal attention aligned
   to the end of the cache.
+Log-n attention scaling (``logn_scale``) is on when the LLM's config carries ``logn_attention_base`` (a
+positive number of positions): queries past that position get sharper logits, in training, prefill and
+decoding alike. It lives in this attention only; the LLM folder loaded alone with another attention
+implementation runs without it.
 The mask function returns no mask (causality and packing are handled inside); a real padding mask is
 refused with a clear error (pack samples instead).
 
@@ -23,10 +27,11 @@ import torch.nn.functional as F
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
-from .attention import segment_ids_from_positions, sp_attention
+from .attention import logn_scale, segment_ids_from_positions, sp_attention
 from .mesh import SPMesh
 
 ATTN_NAME = "longvila_sp"
+LOGN_KEY = "logn_attention_base"  # text-config attribute: log-n scaling base (positions); 0 or absent = off
 _MESH_ATTR = "_longvila_sp_mesh"
 
 
@@ -48,8 +53,16 @@ def sp_attention_forward(module, query, key, value, attention_mask, dropout: flo
     if sliding_window is not None:
         raise ValueError(f"{ATTN_NAME}: sliding-window attention is not supported")
     mesh = getattr(module, _MESH_ATTR, None) or SPMesh.single()
+    pos = kwargs.get("position_ids")
+    base = getattr(getattr(module, "config", None), LOGN_KEY, 0) or 0
+    if base:
+        if pos is None:  # no packing: positions count from the start of the cache
+            pos = torch.arange(key.shape[2] - query.shape[2], key.shape[2])[None]
+            if mesh.sp_size > 1:
+                raise ValueError(f"{ATTN_NAME}: log-n scaling on {mesh.sp_size} SP ranks needs the global "
+                                 "position_ids of the shard")
+        query = logn_scale(query, pos, int(base))
     if key.shape[2] == query.shape[2]:
-        pos = kwargs.get("position_ids")
         seg = None if pos is None else segment_ids_from_positions(pos, mesh, query.shape[0])
         out = sp_attention(query, key, value, mesh, seg, scaling)
     else:

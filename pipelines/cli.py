@@ -130,8 +130,11 @@ def run_all(args) -> int:
     for n in stages:
         s = json.loads((stage_dir(out, n) / "summary.json").read_text())
         rows.append(s)
-        ev = s.get("eval") or {}
+        ev, before = s.get("eval") or {}, s.get("eval_before") or {}
         extra = f"  eval {ev['accuracy']:.1%} (chance {ev['chance']:.1%})" if ev else ""
+        if ev and before and "loss" in ev and "loss" in before:
+            extra = (f"  held-out QA {before['accuracy']:.1%} -> {ev['accuracy']:.1%} (chance {ev['chance']:.1%}),"
+                     f" held-out loss {before['loss']:.3f} -> {ev['loss']:.3f}")
         print(f"stage {n} {s['name']:<12} steps {s['steps']:>4}  loss {s['loss_first']:.3f} -> "
               f"{s['loss_last']:.3f}  {s['seconds']:.0f}s{extra}")
         phases = s.get("phases") or []

@@ -146,10 +146,13 @@ def encode_sample(sample: dict[str, Any], frames: int, seq_len: int, processor, 
 
 
 def needle_sample(pool: tuple[dict[str, Any], ...], frames: int, rng: np.random.Generator, processor,
-                  code_digits: int = 3) -> dict[str, Any]:
+                  code_digits: int = 3, mc_frac: float = 0.0) -> dict[str, Any]:
     """A synthetic needle-in-a-haystack sample: ``frames`` haystack frames (uniform samples of the pool's
     videos, several videos if one is too short) with a code card (train-split digits) inserted at a random
-    depth, and the question the needle evaluation asks. Returns what ``encode_sample`` returns."""
+    depth, and the question the needle evaluation asks; with probability ``mc_frac`` the same question in the
+    four-option multiple-choice form (the reversed code and random codes as distractors, answered with the
+    letter), as the data sets ask their questions. Returns what ``encode_sample`` returns."""
+    from longvila.data.questions import mc_options, mc_prompt
     from longvila.data.world import code_image
     from longvila.eval.prompts import needle_question  # the very question the needle evaluation asks
 
@@ -167,7 +170,13 @@ def needle_sample(pool: tuple[dict[str, Any], ...], frames: int, rng: np.random.
     card = code_image(code, "train", rng, hay.shape[1], hay.shape[2])
     at = int(rng.integers(0, len(hay) + 1))
     video = np.concatenate([hay[:at], card[None], hay[at:]])
-    conv = [{"from": "human", "value": f"<video>\n{needle_question()}"}, {"from": "gpt", "value": code}]
+    question, answer = needle_question(), code
+    if mc_frac and rng.random() < mc_frac:
+        others = {code[::-1], *("".join(str(int(d)) for d in rng.integers(0, 10, code_digits)) for _ in range(6))}
+        mc = mc_options(rng, code, sorted(others - {code}))
+        if mc is not None:
+            question, answer = mc_prompt(question, mc[0]), mc[1]
+    conv = [{"from": "human", "value": f"<video>\n{question}"}, {"from": "gpt", "value": answer}]
     enc = processor.encode_conversation(conv, [len(video)])
     return {"input_ids": enc["input_ids"], "labels": enc["labels"], "pixel_values": processor.preprocess_frames(video),
             "num_frames": [len(video)], "id": f"needle-{code}-{at}of{len(video)}", "truncated": False}
@@ -198,13 +207,14 @@ def rank_order(n: int, seed: int, dp_rank: int, dp: int, start: int, count: int)
 
 
 def stream(data_root: str | Path, sets: tuple[str, ...], phase: Phase, seed: int, skip: int, dp_rank: int,
-           dp: int, seq_len: int, processor, needle_frac: float = 0.0, max_turns: int = 0
-           ) -> Iterator[dict[str, Any]]:
+           dp: int, seq_len: int, processor, needle_frac: float = 0.0, max_turns: int = 0,
+           needle_mc_frac: float = 0.0) -> Iterator[dict[str, Any]]:
     """Endless micro-batches of a dp rank, starting at micro-batch ``skip`` (see the module docstring).
 
     Micro-batch m holds the samples at stream positions [m*B, (m+1)*B); a sample that fails to decode is
     dropped from its batch and counted in ``skipped`` (a batch left empty takes the next positions).
-    ``needle_frac``: the fraction of each micro-batch replaced by ``needle_sample``s (rounded per batch).
+    ``needle_frac``: the fraction of each micro-batch replaced by ``needle_sample``s (rounded per batch), a
+    ``needle_mc_frac`` share of them in the multiple-choice form.
     """
     from longvila.data.video_io import VideoError
 
@@ -215,7 +225,7 @@ def stream(data_root: str | Path, sets: tuple[str, ...], phase: Phase, seed: int
         rng = np.random.default_rng([seed, dp_rank, m, 7])
         n_needle = int(needle_frac * phase.batch + rng.random()) if needle_frac else 0
         for _ in range(n_needle):
-            items.append(needle_sample(pool, phase.frames, rng, processor))
+            items.append(needle_sample(pool, phase.frames, rng, processor, mc_frac=needle_mc_frac))
         for i in rank_order(len(pool), seed, dp_rank, dp, m * phase.batch, phase.batch - n_needle):
             seen += 1
             try:

@@ -1,4 +1,5 @@
-"""Quick held-out evaluation after stages 3 and 5: short-video QA accuracy (exact match), with chance.
+"""Quick held-out evaluation before and after stages 3 and 5: short-video QA accuracy (exact match), with
+chance, and the held-out loss (mean cross-entropy per answer token, as in training).
 
 Design choices:
 - Teacher-forced exact match: the prompt (video + question, ending with the assistant header) is followed
@@ -40,13 +41,15 @@ def qa_pairs(record: dict[str, Any]) -> list[tuple[str, str]]:
     return pairs
 
 
-def _score(model, processor, pixel_values: torch.Tensor, question: str, answer: str) -> bool:
+def _score(model, processor, pixel_values: torch.Tensor, question: str, answer: str) -> tuple[bool, float, int]:
+    """(exact match, summed cross-entropy over the answer tokens, number of answer tokens)."""
     prompt = processor.build_prompt(question, pixel_values.shape[0])
     ans = torch.tensor(processor._ids(answer + IM_END), dtype=torch.long)
     ids = torch.cat([prompt, ans])[None]
     logits = model(input_ids=ids, pixel_values=pixel_values).logits[0]
-    pred = logits[prompt.shape[0] - 1: ids.shape[1] - 1].argmax(-1)
-    return bool(torch.equal(pred, ans))
+    at = logits[prompt.shape[0] - 1: ids.shape[1] - 1].float()
+    ce = torch.nn.functional.cross_entropy(at, ans, reduction="sum")
+    return bool(torch.equal(at.argmax(-1), ans)), float(ce), int(ans.numel())
 
 
 def short_video_qa(model, set_dir: Path, frames: int, limit: int, ctx) -> dict[str, Any]:
@@ -71,6 +74,7 @@ def short_video_qa(model, set_dir: Path, frames: int, limit: int, ctx) -> dict[s
         raise ValueError(f"{set_dir}: no questions to evaluate")
     apply_sequence_parallel(model, SPMesh.single())
     right = torch.zeros(len(items))
+    ce = torch.zeros(2, dtype=torch.float64)  # summed answer-token cross-entropy, answer tokens
     for i in range(ctx.rank, len(items), ctx.world):
         sample, rec, q, a = items[i]
         if "mp4" in sample:  # uniform over the video (all frames of a shorter one); no peeking at events
@@ -79,9 +83,12 @@ def short_video_qa(model, set_dir: Path, frames: int, limit: int, ctx) -> dict[s
         else:
             arr = _image(sample["jpg"])
         pixels = processor.preprocess_frames(arr)
-        right[i] = float(_score(model, processor, pixels, q, a))
+        ok, loss, n_tok = _score(model, processor, pixels, q, a)
+        right[i] = float(ok)
+        ce += torch.tensor([loss, n_tok], dtype=torch.float64)
     if dist.is_initialized() and ctx.world > 1:
         dist.all_reduce(right)
+        dist.all_reduce(ce)
     if ctx.mesh is not None:
         apply_sequence_parallel(model, ctx.mesh)
 
@@ -96,6 +103,7 @@ def short_video_qa(model, set_dir: Path, frames: int, limit: int, ctx) -> dict[s
     majority = sum(answers[t].most_common(1)[0][1] for t in by_type) / n
     return {
         "set": set_dir.name, "questions": n, "frames": frames, "accuracy": float(right.mean()),
+        "loss": float(ce[0] / ce[1]),  # mean cross-entropy per answer token (with <|im_end|>), the training loss
         "chance": chance, "majority": majority,
         "per_type": {t: {"n": len(v), "accuracy": sum(v) / len(v), "chance": 1 / len(answers[t])}
                      for t, v in sorted(by_type.items())},

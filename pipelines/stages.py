@@ -34,6 +34,15 @@ def set_rope(config, max_positions: int, theta: float) -> None:
     tc.max_position_embeddings = int(max_positions)
 
 
+def set_logn(config, base: int) -> None:
+    """Turn on log-n attention scaling from ``base`` positions in a LongVILAConfig's text config."""
+    from longvila.parallel.hf import LOGN_KEY
+
+    if base < 2:
+        raise ValueError(f"model.logn_base must be >= 2 positions (0 keeps the checkpoint's), got {base}")
+    setattr(config.text_config, LOGN_KEY, int(base))
+
+
 def build_model(cfg: StageConfig, init: Path | None):
     from longvila.model import LongVILAConfig, LongVILAForCausalLM, paper_config, tiny_config
 
@@ -44,6 +53,8 @@ def build_model(cfg: StageConfig, init: Path | None):
         config = presets[cfg.model.name]()
         if cfg.rope():
             set_rope(config, *cfg.rope())
+        if cfg.model.logn_base:
+            set_logn(config, cfg.model.logn_base)
         torch.manual_seed(cfg.seed)
         if cfg.model.vision_pretrained or cfg.model.llm_pretrained:  # real scale: SigLIP + Qwen2 weights
             return LongVILAForCausalLM.from_parts(config, vision_pretrained=cfg.model.vision_pretrained or None,
@@ -52,6 +63,8 @@ def build_model(cfg: StageConfig, init: Path | None):
     config = LongVILAConfig.from_pretrained(init)
     if cfg.rope():
         set_rope(config, *cfg.rope())
+    if cfg.model.logn_base:
+        set_logn(config, cfg.model.logn_base)
     return LongVILAForCausalLM.from_pretrained(init, config=config)
 
 
@@ -113,7 +126,8 @@ def make_task(cfg: StageConfig, data_root: str | Path) -> Task:
     def batches(pi: int, phase: Phase, skip: int, ctx: Context) -> Iterator[dict[str, Any]]:
         return datasource.stream(data_root, cfg.data.sets, phase, seed=cfg.seed * 1000 + pi, skip=skip,
                                  dp_rank=ctx.dp_rank, dp=ctx.dp, seq_len=cfg.data.seq_len,
-                                 processor=state["processor"], needle_frac=cfg.data.needle_frac, max_turns=cfg.data.max_turns)
+                                 processor=state["processor"], needle_frac=cfg.data.needle_frac, max_turns=cfg.data.max_turns,
+                                 needle_mc_frac=cfg.data.needle_mc_frac)
 
     def evaluate(model, ctx: Context) -> dict[str, Any]:
         from longvila.pipelines.evaluate import short_video_qa

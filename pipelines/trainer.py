@@ -174,6 +174,21 @@ def train(cfg: StageConfig, task: Task, out: str | os.PathLike, init: str | os.P
     else:
         torch.manual_seed(cfg.seed * 1000 + rank)
 
+    # ---- held-out evaluation of the starting model, so the summary shows what the stage changed; kept in the
+    # run folder, so a resumed run reports the same figures
+    eval_before: dict[str, Any] = {}
+    if task.evaluate is not None and cfg.eval.set:
+        before_path = run_dir / "eval_before.json"
+        if before_path.is_file():
+            eval_before = ck.read_json(before_path)
+        elif start_step == 0:
+            engine.eval()
+            with torch.no_grad():
+                eval_before = task.evaluate(model, ctx)
+            if rank == 0:
+                atomic_write_json(before_path, eval_before)
+            _barrier()
+
     log = MetricsLog(run_dir, start_step, enabled=rank == 0)
     elapsed0 = log.records[-1]["elapsed_s"] if log.records else 0.0
     t0 = time.perf_counter()
@@ -237,7 +252,7 @@ def train(cfg: StageConfig, task: Task, out: str | os.PathLike, init: str | os.P
             "stage": cfg.stage, "name": cfg.name, "world_size": world, "dp": ctx.dp, "sp": sp,
             "trainable": list(cfg.model.train), "init": str(init) if init else None, "date": utc_now(),
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "eval": metrics, **task.info,
+            "eval_before": eval_before, "eval": metrics, **task.info,
         })
         atomic_write_json(tmp / "summary.json", summary)
         atomic_write_json(tmp / "stage_config.json", cfg.to_dict())

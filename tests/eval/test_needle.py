@@ -124,8 +124,27 @@ def test_grid_oracle_and_control(tiny_lm, tmp_path, monkeypatch):
     assert (tmp_path / "needle" / "heatmap.png").stat().st_size > 1000
     res = json.loads((tmp_path / "results" / "needle-40.json").read_text())
     assert res["metrics"]["accuracy"] == 1.0 and res["metrics"]["control"] == 0.0
-    assert res["metrics"]["acc_alone"] == 1.0
+    assert res["metrics"]["acc_alone"] == 1.0 and res["metrics"]["acc_if_read"] == 1.0
     assert res["metrics"]["acc@40"] == 1.0 and "heatmap" in res["plots"]
+
+
+def test_if_read_accuracy_counts_only_cards_read_alone(tmp_path):
+    """acc_if_read: grid needles whose very card (same frame count, same code) is read right alone."""
+    cfg = _cfg(tmp_path, depths=(0.0, 1.0))
+
+    def cell(n, depth, correct, alone=False, control=False):
+        return {"frames": n, "depth": depth, "control": control, "alone": alone, "codes": ["111", "222"],
+                "correct": correct, "accuracy": sum(correct) / 2}
+
+    cells = [cell(20, 0.0, [True, True]), cell(20, 1.0, [True, False]), cell(40, 0.0, [False, True]),
+             cell(40, 1.0, [False, False]),
+             cell(20, None, [False, True], alone=True), cell(40, None, [True, False], alone=True),
+             cell(20, None, [False, False], control=True), cell(40, None, [False, False], control=True)]
+    s = needle.summarize(cfg, cells, [20, 40])
+    assert s["accuracy"] == 4 / 8 and s["alone_accuracy"] == 2 / 4 and s["control_accuracy"] == 0.0
+    # read alone: (20, "222") and (40, "111") -> grid answers True, False (frames 20) and False, False (40)
+    assert s["if_read_trials"] == 4 and s["if_read_accuracy"] == 1 / 4
+    assert s["grid"] == [[1.0, 0.5], [0.5, 0.0]]
 
 
 def test_resume_computes_only_missing_cells(tiny_lm, tmp_path, monkeypatch):

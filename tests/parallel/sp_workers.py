@@ -129,11 +129,14 @@ def collectives_case(world: int):
 
 # ---- whole-model equivalence (MM-SP step) -------------------------------------------------------------
 
-def tiny_vlm():
+def tiny_vlm(logn_base: int = 0):
     from longvila.model import LongVILAForCausalLM, tiny_config
 
     torch.manual_seed(0)
-    return LongVILAForCausalLM(tiny_config()).float()
+    config = tiny_config()
+    if logn_base:  # log-n attention scaling from this many positions (most tokens of the test batch are past it)
+        config.text_config.logn_attention_base = logn_base
+    return LongVILAForCausalLM(config).float()
 
 
 def video_batch(model, packed: bool, seed: int = 0) -> dict:
@@ -165,11 +168,11 @@ def video_batch(model, packed: bool, seed: int = 0) -> dict:
             "pixel_values": torch.randn(n_frames, 3, s, s, generator=g)}
 
 
-def reference_step(packed: bool) -> tuple[torch.Tensor, dict]:
+def reference_step(packed: bool, logn_base: int = 0) -> tuple[torch.Tensor, dict]:
     """One process: the VLM's own forward (loss inside), SP attention on a one-rank mesh for packing."""
     from longvila.parallel.hf import apply_sequence_parallel
 
-    model = tiny_vlm()
+    model = tiny_vlm(logn_base)
     apply_sequence_parallel(model)
     batch = video_batch(model, packed)
     loss = model(**batch).loss
@@ -182,19 +185,21 @@ def mmsp_worker(rank: int, world: int, layouts: list) -> dict:
     from longvila.parallel.mmsp import mmsp_forward, reduce_sp_gradients
 
     results: dict[str, str] = {}
-    refs = {packed: reference_step(packed) for packed in (False, True)}
+    # (packed, log-n base): log-n scaling depends on each token's global position in its own sample
+    variants = ((False, 0), (True, 0), (True, 6))
+    refs = {v: reference_step(*v) for v in variants}
     for u, r in layouts:
         mesh = build_mesh(ParallelDims(dp=world // (u * r), sp_ulysses=u, sp_ring=r, world_size=world))
-        for packed in (False, True):
-            def case(mesh=mesh, packed=packed):
-                model = tiny_vlm()
+        for packed, logn in variants:
+            def case(mesh=mesh, packed=packed, logn=logn):
+                model = tiny_vlm(logn)
                 apply_sequence_parallel(model, mesh)
                 out = mmsp_forward(model, video_batch(model, packed), mesh)
                 out.loss.backward()
                 reduce_sp_gradients(model, mesh)
                 total = out.loss.detach().clone()
                 dist.all_reduce(total, group=mesh.sp_group)
-                ref_loss, ref_grads = refs[packed]
+                ref_loss, ref_grads = refs[(packed, logn)]
                 torch.testing.assert_close(total, ref_loss, atol=1e-6, rtol=1e-5)
                 grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
                 assert grads.keys() == ref_grads.keys(), sorted(set(grads) ^ set(ref_grads))
@@ -205,7 +210,7 @@ def mmsp_worker(rank: int, world: int, layouts: list) -> dict:
                 allc = [torch.zeros_like(counts) for _ in range(mesh.sp_size)]
                 dist.all_gather(allc, counts, group=mesh.sp_group)
                 assert max(allc).item() - min(allc).item() <= 1, allc
-            _check(results, f"U{u}R{r}-{'packed' if packed else 'batch2'}", case)
+            _check(results, f"U{u}R{r}-{'packed' if packed else 'batch2'}{'-logn' if logn else ''}", case)
     return results
 
 

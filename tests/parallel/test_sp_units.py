@@ -237,3 +237,45 @@ def test_public_api_resolves():
     assert all(callable(getattr(par, name)) for name in par.__all__)
     with pytest.raises(AttributeError):
         par.no_such_name  # noqa: B018
+
+
+def test_logn_scale_is_one_up_to_base_then_log_ratio():
+    from longvila.parallel.attention import logn_scale
+
+    q = torch.ones(1, 2, 6, 3)
+    pos = torch.tensor([[0, 5, 15, 16, 99, 1023]])
+    got = logn_scale(q, pos, 16)[0, 1, :, 0]
+    import math
+    want = torch.tensor([1.0, 1.0, 1.0, math.log(17) / math.log(16), math.log(100) / math.log(16), 2.5])
+    torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match=">= 2 positions"):
+        logn_scale(q, pos, 1)
+    with pytest.raises(ValueError, match="6 queries"):
+        logn_scale(q, pos[:, :4], 16)
+
+
+def test_hf_logn_attention_equals_scaled_queries_in_prefill_packing_and_decode():
+    """The registered attention with ``logn_attention_base`` set = SDPA on queries scaled by their position in
+    their own packed sample; decoding against a cache gives the prefill's rows; base unset = plain attention."""
+    import math
+    import types
+
+    from longvila.parallel.hf import sp_attention_forward
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 4, 30, 8), torch.randn(1, 2, 30, 8), torch.randn(1, 2, 30, 8)
+    pos = torch.cat([torch.arange(11), torch.arange(19)])[None]
+    module = types.SimpleNamespace(config=types.SimpleNamespace(logn_attention_base=4))
+    out, _ = sp_attention_forward(module, q, k, v, None, position_ids=pos)
+    factor = torch.clamp(torch.log(pos.float() + 1) / math.log(4), min=1.0)[0]
+    seg = torch.arange(30) - pos[0]
+    mask = torch.ones(30, 30, dtype=torch.bool).tril() & (seg[:, None] == seg[None, :])
+    ref = F.scaled_dot_product_attention(q * factor[None, None, :, None], k, v, attn_mask=mask, enable_gqa=True)
+    torch.testing.assert_close(out, ref.transpose(1, 2), atol=2e-6, rtol=1e-5)
+    plain, _ = sp_attention_forward(types.SimpleNamespace(config=types.SimpleNamespace()), q, k, v, None,
+                                    position_ids=pos)
+    assert not torch.allclose(plain, out, atol=1e-3)  # the scaling is really applied
+    # one sample: the last 3 queries against the whole cache (decode) = the last 3 rows of the prefill
+    full, _ = sp_attention_forward(module, q, k, v, None)
+    dec, _ = sp_attention_forward(module, q[:, :, -3:], k, v, None)
+    torch.testing.assert_close(dec, full[:, -3:], atol=2e-6, rtol=1e-5)

@@ -84,6 +84,8 @@ def test_overrides_are_typed():
     ("schedule.kind=linear", "schedule.kind"),
     ("parallel.zero_stage=3", "zero_stage"),
     ("model.train=mm_projector,decoder", "unknown module"),
+    ("model.logn_base=1", "model.logn_base=1"),
+    ("data.needle_mc_frac=1.5", "data.needle_mc_frac=1.5 must be in"),
 ])
 def test_bad_overrides_name_the_key(bad, match):
     with pytest.raises(ConfigError, match=match):

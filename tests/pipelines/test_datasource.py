@@ -80,3 +80,24 @@ def test_pick_turns_keeps_pairs_in_order_and_the_placeholder_first():
         assert [t["value"] for t in out[1::2]] == [f"A{q}" for q in qs]  # answers stay with their questions
         assert sum(t["value"].count("<video>") for t in out) == 1
     assert ds.pick_turns(conv, 0, np.random.default_rng(0)) == conv
+
+
+def test_needle_sample_multiple_choice_form_answers_the_letter_of_the_code(pool):
+    from longvila.model import LongVILAProcessor, tiny_config
+
+    proc = LongVILAProcessor.from_config(tiny_config())
+    seen = 0
+    for seed in range(6):
+        s = ds.needle_sample(pool, 16, np.random.default_rng(seed), proc, mc_frac=1.0)
+        code = s["id"].split("-")[1]
+        text = proc.decode(s["input_ids"].tolist())
+        answer = proc.decode(s["labels"][s["labels"] != -100].tolist()).strip()
+        options = [line for line in text.splitlines() if line[:3] in ("A. ", "B. ", "C. ", "D. ")]
+        assert len(options) == 4 and "The best answer is:" in text
+        letter = answer[0]
+        assert letter in "ABCD" and f"{letter}. {code}" in options  # the answer's option is the card's code
+        assert sum(o.endswith(f". {code}") for o in options) == 1  # and no distractor repeats it
+        seen += 1
+    assert seen == 6
+    s = ds.needle_sample(pool, 16, np.random.default_rng(0), proc, mc_frac=0.0)
+    assert "The best answer is:" not in proc.decode(s["input_ids"].tolist())

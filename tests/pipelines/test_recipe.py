@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from longvila.pipelines import checkpoint as ck
 from longvila.pipelines.cli import main
-from longvila.pipelines.config import stage4
+from longvila.pipelines.config import stage4, stage5
 
 ROOT = Path(__file__).parents[2]
 
@@ -79,9 +79,12 @@ def test_five_stage_smoke_run(tmp_path):
         assert (text["max_position_embeddings"], text["rope_parameters"]["rope_theta"]) == stage4().rope() == (16384, 2.1e6)
     text3 = json.loads((out / "stage3" / "config.json").read_text())["text_config"]
     assert text3["rope_parameters"]["rope_theta"] == 1e4 and text3["max_position_embeddings"] == 2048
+    assert text3.get("logn_attention_base") is None and text["logn_attention_base"] == stage5().model.logn_base
     for n in (3, 5):
-        ev = json.loads((out / f"stage{n}" / "summary.json").read_text())["eval"]
-        assert ev["questions"] == 6 and 0 <= ev["accuracy"] <= 1 and 0 < ev["chance"] <= 1
+        summary = json.loads((out / f"stage{n}" / "summary.json").read_text())
+        for ev in (summary["eval_before"], summary["eval"]):  # the starting model and the trained one
+            assert ev["questions"] == 6 and 0 <= ev["accuracy"] <= 1 and 0 < ev["chance"] <= 1 and ev["loss"] > 0
+        assert summary["eval_before"]["loss"] != summary["eval"]["loss"]
     # run again: everything is finished and skipped
     p = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert p.returncode == 0 and p.stdout.count("skipped") == 5, p.stdout + p.stderr[-2000:]
