@@ -47,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--videos-per-duration", type=int, default=20, help="embedded set size")
     v.add_argument("--limit", type=int, default=None, help="first N questions only")
     v.add_argument("--no-blind", action="store_true")
+    v.add_argument("--no-likelihood", action="store_true", help="skip option-likelihood scoring (letters only)")
     v.add_argument("--result-name", default=None)
     v.add_argument("--out", required=True)
     b = sub.add_parser("build-videomme", help="write the embedded benchmark in the Video-MME layout")
@@ -94,6 +95,7 @@ def _run(args: argparse.Namespace, command: str) -> int:
 
         cfg = videomme.VideoMMEConfig(
             out=args.out, frames=args.frames, root=args.videomme_root, blind=not args.no_blind, limit=args.limit,
+            likelihood=not args.no_likelihood,
             embedded=videomme.EmbeddedConfig(out=str(Path(args.out) / "bench"),
                                              videos_per_duration=args.videos_per_duration),
             result_name=args.result_name, command=command)
@@ -104,6 +106,11 @@ def _run(args: argparse.Namespace, command: str) -> int:
         print("  frames " + " ".join(f"{k.split('/')[-1]:>7}" for k in keys))
         for n in s["frames"]:
             print(f"  {n:>6} " + " ".join(f"{s['table'][str(n)].get(k, float('nan')):7.3f}" for k in keys))
+        if s.get("table_ll"):
+            bl = s["blind_ll"]["all"] if s["blind_ll"] else float("nan")
+            print(f"  by option likelihood (question without options; blind {bl:.3f}):")
+            for n in s["frames"]:
+                print(f"  {n:>6} " + " ".join(f"{s['table_ll'][str(n)].get(k, float('nan')):7.3f}" for k in keys))
         return 0
     if args.cmd == "build-videomme":
         from longvila.eval import videomme

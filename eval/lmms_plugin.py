@@ -11,7 +11,9 @@ Design choices:
 - Both classes share one answer path (``_respond``): read the request's videos (uniform ``num_frames``
   frames, ``videomme.read_video_frames``; still images count as one frame), encode them, wrap the task's
   text with the processor's chat prompt and generate greedily (``runner.generate``).
-- ``loglikelihood`` and multi-round generation raise NotImplementedError (not needed by the video tasks).
+- ``loglikelihood`` (multiple-choice tasks scored by likelihood) scores the continuation after the same chat
+  prompt with the prompt's key/value cache (``runner.option_logprobs``) and returns (sum log-probability,
+  is_greedy); multi-round generation raises NotImplementedError.
 - The local task for the embedded benchmark is in ``eval/tasks/longvila_videomme`` (``--include_path``).
 """
 
@@ -100,8 +102,24 @@ class LongVILALmms(lmms):
             out.append(self._respond(visuals if isinstance(visuals, list) else [visuals], context, gen_kwargs))
         return out
 
-    def loglikelihood(self, requests):
-        raise NotImplementedError("longvila: loglikelihood is not implemented (the video tasks generate)")
+    @torch.inference_mode()
+    def loglikelihood(self, requests) -> list[tuple[float, bool]]:
+        out = []
+        for req in progress(requests, desc="longvila loglikelihood", unit="req"):
+            context, doc_to_target, doc_to_visual, doc_id, task, split = req.args
+            doc = self.task_dict[task][split][doc_id]
+            target = doc_to_target(doc) if callable(doc_to_target) else doc_to_target
+            visuals = doc_to_visual(doc) or []
+            frames = self._frames(visuals if isinstance(visuals, list) else [visuals])
+            visual = None if frames is None else runner.encode_frames(self.lm, frames)
+            ids = runner.prompt_ids(self.lm, context, None if visual is None else visual.shape[0])
+            cont = runner.answer_ids(self.lm, str(target))
+            if not cont:
+                raise ValueError(f"longvila: empty continuation for {task}/{split} doc {doc_id}")
+            lp, greedy = runner.option_logprobs(self.lm, runner.embed(self.lm, ids[None], visual), [cont],
+                                                return_greedy=True)
+            out.append((float(lp[0]), bool(greedy[0])))
+        return out
 
     def generate_until_multi_round(self, requests):
         raise NotImplementedError("longvila: multi-round generation is not implemented")

@@ -9,6 +9,9 @@ Design choices:
 - Letter extraction is deliberately strict: the first standalone option letter after stripping the usual
   answer prefixes, the article "A" excepted; a reply with no letter scores as wrong (``""``), never as a
   guess.
+- Likelihood scoring (a diagnostic beside the letter protocol): the question is asked without options, as
+  the open-ended training questions are, and the option whose text the model finds most likely wins; it
+  separates knowing the answer from mapping it to a letter.
 """
 
 from __future__ import annotations
@@ -68,3 +71,12 @@ def extract_letter(reply: str, letters: tuple[str, ...] = OPTION_LETTERS) -> str
         if m.group(1) in letters:
             return m.group(1)
     return ""
+
+
+_OPTION = re.compile(r"^\s*\(?([A-D])[.):]\s*")
+
+
+def option_text(option: str) -> str:
+    """An option without its letter: ``"B. a red circle"`` -> ``"a red circle"`` (the answer as the model
+    would write it to the open question; used by likelihood scoring)."""
+    return _OPTION.sub("", option, count=1).strip()

@@ -170,6 +170,42 @@ def teacher_forced_argmax_shared(lm: LoadedModel, prefix: torch.Tensor, suffixes
     return out.logits[:, :k].argmax(-1)
 
 
+@torch.inference_mode()
+def option_logprobs(lm: LoadedModel, prefix: torch.Tensor, options: list[list[int]],
+                    return_greedy: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Sum of log-probabilities of each option's tokens after a shared prompt (multiple choice scored by
+    likelihood, as language-model harnesses do).
+
+    prefix (1, P, D) embeds the prompt (ending with the assistant header, P >= 1); ``options`` are token-id
+    lists (each ending with the end-of-turn id, so that "1" and "12" differ) -> (K,) float64. The prompt's
+    key/value cache is computed once and repeated for the K options; options are right-padded, which causal
+    attention never lets an earlier position see. ``return_greedy`` also returns (K,) bool: every option
+    token is the argmax at its position (lmms-eval's ``is_greedy``).
+    """
+    if prefix.shape[1] < 1 or not options or any(len(o) == 0 for o in options):
+        raise ValueError("option_logprobs needs a non-empty prompt and non-empty options")
+    llm = lm.model.language_model
+    first = llm(inputs_embeds=prefix, use_cache=True, logits_to_keep=1)
+    cache = first.past_key_values
+    cache.batch_repeat_interleave(len(options))
+    width = max(map(len, options))
+    pad = lm.eos_ids[-1] if lm.eos_ids else 0
+    ids = torch.tensor([o + [pad] * (width - len(o)) for o in options], dtype=torch.long)
+    p = prefix.shape[1]
+    pos = torch.arange(p, p + width).expand(len(options), -1)
+    emb = llm.get_input_embeddings()(ids).to(prefix.dtype)
+    out = llm(inputs_embeds=emb, past_key_values=cache, position_ids=pos, use_cache=True)
+    # position 0 of every option is predicted by the prompt's last position, token j by option position j-1
+    logits = torch.cat([first.logits[:, -1:].expand(len(options), -1, -1), out.logits[:, :-1]], 1)
+    logp = torch.log_softmax(logits.double(), -1)
+    lp = logp.gather(-1, ids[..., None])[..., 0]
+    mask = torch.tensor([[j < len(o) for j in range(width)] for o in options])
+    total = (lp * mask).sum(-1)
+    if not return_greedy:
+        return total
+    return total, ((logp.argmax(-1) == ids) | ~mask).all(-1)
+
+
 def teacher_forced_correct(lm: LoadedModel, inputs_embeds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Exact match by teacher forcing: inputs_embeds (B, L, D) ending with the answers targets (B, k) -> bool (B,)."""
     return (teacher_forced_argmax(lm, inputs_embeds, targets.shape[1]) == targets).all(-1)

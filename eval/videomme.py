@@ -20,6 +20,10 @@ Design choices:
   effective count is recorded per question), since the sweep goes past the shortest durations on purpose.
 - Each frame count's answers are one JSON file (resumable); the blind baseline (no video) and chance (1/4)
   sit in the same table and plot.
+- Beside the letter protocol, each question is also scored by option likelihood (``likelihood=True``): the
+  question asked without options, the option text the model finds most likely as its answer wins
+  (``acc_ll``). A small model may know an answer it cannot map to a letter; this shows which of the two the
+  frame count moves.
 """
 
 from __future__ import annotations
@@ -221,6 +225,7 @@ class VideoMMEConfig:
     blind: bool = True
     limit: int | None = None  # first N questions only (smoke runs)
     max_new_tokens: int = 4
+    likelihood: bool = True  # also score each question by option likelihood (open question, no letters)
     result_name: str | None = None  # default "videomme" (embedded) / "videomme-real"; "" skips it
     command: str | None = None
 
@@ -239,11 +244,23 @@ def answer_question(lm: runner.LoadedModel, row: dict, visual: torch.Tensor | No
     return reply, prompts.extract_letter(reply)
 
 
-def score(records: list[dict]) -> dict:
-    """Accuracy overall, per duration and per task type, with counts."""
+def answer_by_likelihood(lm: runner.LoadedModel, row: dict, visual: torch.Tensor | None) -> tuple[str, list[float]]:
+    """The option the model finds most likely as its answer to the question asked without options
+    -> (letter, per-option sum log-probabilities)."""
+    ids = runner.prompt_ids(lm, row["question"], None if visual is None else visual.shape[0])
+    opts = [runner.answer_ids(lm, prompts.option_text(o)) + lm.eos_ids[:1] for o in row["options"]]
+    lp = runner.option_logprobs(lm, runner.embed(lm, ids[None], visual), opts)
+    return prompts.OPTION_LETTERS[int(lp.argmax())], [round(float(x), 4) for x in lp]
+
+
+def score(records: list[dict], key: str = "pred") -> dict:
+    """Accuracy overall, per duration and per task type, with counts (``key``: the prediction field,
+    ``pred`` for the letter protocol, ``ll_pred`` for likelihood scoring)."""
     groups: dict[str, list[bool]] = defaultdict(list)
     for r in records:
-        ok = r["pred"] == r["answer"]
+        if key not in r:
+            continue
+        ok = r[key] == r["answer"]
         groups["all"].append(ok)
         groups[f"duration/{r['duration']}"].append(ok)
         groups[f"task/{r['task_type']}"].append(ok)
@@ -262,7 +279,8 @@ def run(cfg: VideoMMEConfig, lm: runner.LoadedModel | None = None, ckpt: str | N
             raise FileNotFoundError(f"{video_dir / (r['videoID'] + '.mp4')}: video of question "
                                     f"{r['question_id']} not found")
     out = Path(cfg.out)
-    sig_base = [lm.model_hash, str(table_path.resolve()), [r["question_id"] for r in rows], cfg.max_new_tokens]
+    sig_base = [lm.model_hash, str(table_path.resolve()), [r["question_id"] for r in rows], cfg.max_new_tokens,
+                *(["likelihood"] if cfg.likelihood else [])]
     sweep = {}
     for n in [*cfg.frames, *([0] if cfg.blind else [])]:
         path = out / "sweep" / (f"f{n:05d}.json" if n else "blind.json")
@@ -273,7 +291,7 @@ def run(cfg: VideoMMEConfig, lm: runner.LoadedModel | None = None, ckpt: str | N
                 if prev.get("signature") == sig:
                     for r in prev["records"]:  # scored again: the extraction may have changed since
                         r["pred"] = prompts.extract_letter(r["reply"])
-                    sweep[n] = {**prev, "scores": score(prev["records"])}
+                    sweep[n] = {**prev, "scores": score(prev["records"]), "scores_ll": score(prev["records"], "ll_pred")}
                     continue
             except ValueError:
                 pass
@@ -286,10 +304,14 @@ def run(cfg: VideoMMEConfig, lm: runner.LoadedModel | None = None, ckpt: str | N
                                                   lambda p=vpath, n=n: read_video_frames(p, n, allow_fewer=True),
                                                   exact=False)
             reply, letter = answer_question(lm, r, vis, cfg.max_new_tokens)
-            records.append({"question_id": r["question_id"], "duration": r["duration"], "task_type": r["task_type"],
-                            "answer": r["answer"], "reply": reply, "pred": letter,
-                            "frames": 0 if vis is None else int(vis.shape[0])})
-        sweep[n] = {"frames": n, "signature": sig, "scores": score(records), "records": records}
+            rec = {"question_id": r["question_id"], "duration": r["duration"], "task_type": r["task_type"],
+                   "answer": r["answer"], "reply": reply, "pred": letter,
+                   "frames": 0 if vis is None else int(vis.shape[0])}
+            if cfg.likelihood:
+                rec["ll_pred"], rec["ll"] = answer_by_likelihood(lm, r, vis)
+            records.append(rec)
+        sweep[n] = {"frames": n, "signature": sig, "scores": score(records), "scores_ll": score(records, "ll_pred"),
+                    "records": records}
         atomic_write_json(path, sweep[n])
     summary = summarize(cfg, sweep, rows)
     summary.update(seconds=round(time.time() - t0, 2), table_file=str(table_path), model_hash=lm.model_hash)
@@ -298,15 +320,23 @@ def run(cfg: VideoMMEConfig, lm: runner.LoadedModel | None = None, ckpt: str | N
 
 
 def summarize(cfg: VideoMMEConfig, sweep: dict, rows: list[dict]) -> dict:
-    def acc(n, key):
-        return sweep[n]["scores"].get(key, {}).get("accuracy")
+    def acc(n, key, scores="scores"):
+        return sweep[n][scores].get(key, {}).get("accuracy")
 
-    table = {str(n): {k: v["accuracy"] for k, v in sweep[n]["scores"].items()} for n in cfg.frames}
-    return {"frames": list(cfg.frames), "table": table,
-            "blind": {k: v["accuracy"] for k, v in sweep[0]["scores"].items()} if 0 in sweep else None,
-            "chance": 1 / len(rows[0]["options"]), "questions": len(rows),
-            "long_gain": (acc(cfg.frames[-1], "duration/long") - acc(cfg.frames[0], "duration/long"))
-            if acc(cfg.frames[0], "duration/long") is not None else None}
+    def tab(scores):
+        return {str(n): {k: v["accuracy"] for k, v in sweep[n][scores].items()} for n in cfg.frames}
+
+    def gain(scores):
+        a, b = acc(cfg.frames[0], "duration/long", scores), acc(cfg.frames[-1], "duration/long", scores)
+        return None if a is None or b is None else b - a
+
+    out = {"frames": list(cfg.frames), "table": tab("scores"),
+           "blind": {k: v["accuracy"] for k, v in sweep[0]["scores"].items()} if 0 in sweep else None,
+           "chance": 1 / len(rows[0]["options"]), "questions": len(rows), "long_gain": gain("scores")}
+    if cfg.likelihood:
+        out.update(table_ll=tab("scores_ll"), long_gain_ll=gain("scores_ll"),
+                   blind_ll={k: v["accuracy"] for k, v in sweep[0]["scores_ll"].items()} if 0 in sweep else None)
+    return out
 
 
 def write_outputs(cfg: VideoMMEConfig, summary: dict, lm: runner.LoadedModel) -> None:
@@ -320,6 +350,11 @@ def write_outputs(cfg: VideoMMEConfig, summary: dict, lm: runner.LoadedModel) ->
         ys = [summary["table"][str(n)].get(key) for n in xs]
         if all(y is not None for y in ys):
             ax.plot(xs, ys, style, label=key.split("/")[-1])
+    if summary.get("table_ll"):
+        for key, style in [("all", "k--o"), ("duration/long", "--D")]:
+            ys = [summary["table_ll"][str(n)].get(key) for n in xs]
+            if all(y is not None for y in ys):
+                ax.plot(xs, ys, style, alpha=0.6, label=f"{key.split('/')[-1]}, by likelihood")
     if summary["blind"]:
         ax.axhline(summary["blind"]["all"], color="tab:red", ls=":", label="blind (no video)")
     ax.axhline(summary["chance"], color="gray", ls="--", label="chance")
@@ -346,8 +381,16 @@ def write_outputs(cfg: VideoMMEConfig, summary: dict, lm: runner.LoadedModel) ->
             metrics["acc_" + k[5:].lower().replace(" ", "_")] = v
     if summary["blind"]:
         metrics["blind"] = summary["blind"]["all"]
-    write_result(name, "videomme", metrics, details={k: summary[k] for k in ("table", "blind", "questions",
-                 "long_gain", "seconds")},
+    if summary.get("table_ll"):
+        ll = summary["table_ll"]
+        metrics["acc_ll"] = ll[last]["all"]
+        metrics.update({f"acc_ll@{n}": ll[str(n)]["all"] for n in xs})
+        if "duration/long" in ll[last]:
+            metrics["acc_ll_long"] = ll[last]["duration/long"]
+        if summary["blind_ll"]:
+            metrics["acc_ll_blind"] = summary["blind_ll"]["all"]
+    keys = ("table", "blind", "questions", "long_gain", "seconds", "table_ll", "blind_ll", "long_gain_ll")
+    write_result(name, "videomme", metrics, details={k: summary[k] for k in keys if k in summary},
                  config={"model": str(lm.ckpt), "model_hash": lm.model_hash, "table_file": summary["table_file"],
                          **{k: v for k, v in asdict(cfg).items() if k != "command"}},
                  command=cfg.command, plots={"curve": curve}, results_dir=os.environ.get("LONGVILA_RESULTS_DIR"))

@@ -2,6 +2,7 @@
 
 import importlib
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -48,6 +49,12 @@ def test_atomic_write_leaves_old_file_on_error(tmp_path):
             raise RuntimeError("killed mid-write")
     assert read_json(target) == {"step": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temp file left behind
+    mask = os.umask(0o022)
+    try:  # the usual permissions, not a temporary file's owner-only 0600
+        atomic_write_json(target, {"step": 3})
+        assert target.stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(mask)
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ValueError, match="bad.json"):
         read_json(tmp_path / "bad.json")

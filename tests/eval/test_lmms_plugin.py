@@ -48,8 +48,10 @@ def test_simple_and_chat_paths_answer_alike(letter_ckpt, tmp_path):
     msgs = [{"role": "user", "content": [{"type": "video", "url": str(video)}, {"type": "text", "text": "Q?"}]}]
     out_chat = chat.generate_until([_Req("Q?", lambda d: msgs, gen, 0, "t", "test")])
     assert out_simple == out_chat == ["B"]
-    with pytest.raises(NotImplementedError):
-        simple.loglikelihood([])
+    # the rigged model always predicts "B": "B" is its greedy continuation, "C" is not, and "B" is likelier
+    (lp_b, greedy_b), (lp_c, greedy_c) = simple.loglikelihood(
+        [_Req("Q?", "B", lambda d: [str(video)], 0, "t", "test"), _Req("Q?", lambda d: "C", lambda d: [], 0, "t", "test")])
+    assert greedy_b and not greedy_c and lp_b > lp_c and lp_b <= 0
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from longvila.eval import prompts, videomme
 
@@ -160,6 +161,10 @@ def test_sweep_on_real_layout_fixture(tiny_lm, tmp_path):
     res = json.loads((tmp_path / "results" / "videomme-real.json").read_text())
     assert res["metrics"]["acc@8"] == s["table"]["8"]["all"] and res["metrics"]["chance"] == 0.25
     assert "blind" in res["metrics"] and "acc_long" in res["metrics"]
+    for r in sweep["records"]:  # likelihood scoring: the most likely option's letter
+        assert r["ll_pred"] == prompts.OPTION_LETTERS[int(np.argmax(r["ll"]))] and len(r["ll"]) == 4
+    assert s["table_ll"]["64"]["all"] == np.mean([r["ll_pred"] == r["answer"] for r in sweep["records"]])
+    assert res["metrics"]["acc_ll@64"] == s["table_ll"]["64"]["all"] and "acc_ll_blind" in res["metrics"]
     again = videomme.run(cfg, lm=tiny_lm)
     assert again["table"] == s["table"]
 
@@ -170,3 +175,28 @@ def test_sweep_missing_video(tiny_lm, tmp_path):
     cfg = videomme.VideoMMEConfig(out=str(tmp_path / "out"), frames=(4,), root=str(tmp_path / "vm"))
     with pytest.raises(FileNotFoundError, match="xRkq1yN4Ea0.mp4: video of question 002-1 not found"):
         videomme.run(cfg, lm=tiny_lm)
+
+
+def test_option_text():
+    assert prompts.option_text("B. a red circle") == "a red circle"
+    assert prompts.option_text("(C) 471") == "471" and prompts.option_text("D: left") == "left"
+    assert prompts.option_text("after") == "after"
+
+
+def test_option_logprobs_equal_full_forward(tiny_lm):
+    """Likelihood scoring with a shared, cached prompt equals one full forward per option."""
+    from longvila.eval import runner
+
+    torch.manual_seed(1)
+    vis = torch.randn(5, 1, tiny_lm.model.config.text_config.hidden_size)
+    ids = runner.prompt_ids(tiny_lm, "What is the secret code shown in the video?", 5)
+    opts = [runner.answer_ids(tiny_lm, t) + tiny_lm.eos_ids[:1] for t in ("471", "12", "after", "3")]
+    got = runner.option_logprobs(tiny_lm, runner.embed(tiny_lm, ids[None], vis), opts)
+    for o, g in zip(opts, got, strict=True):
+        full = torch.cat([ids, torch.tensor(o)])
+        with torch.inference_mode():
+            logits = tiny_lm.model.language_model(inputs_embeds=runner.embed(tiny_lm, full[None], vis)).logits[0]
+        lp = torch.log_softmax(logits.double(), -1)[len(ids) - 1:-1].gather(-1, torch.tensor(o)[:, None]).sum()
+        assert abs(float(g) - float(lp)) < 1e-4, (o, float(g), float(lp))
+    with pytest.raises(ValueError, match="non-empty"):
+        runner.option_logprobs(tiny_lm, runner.embed(tiny_lm, ids[None], vis), [[]])
