@@ -30,7 +30,8 @@ Metric naming conventions the leaderboard tables understand (other names are sho
 - ``frames`` (a metric, or ``config["frames"]``) is the largest frame count of the run; ``config["model"]``
   names the model/config.
 - Per benchmark: ``needle``: accuracy, control, acc@N (grid cells in ``details``);
-  ``videomme``: accuracy, acc@N, acc_short / acc_medium / acc_long, acc_<task type>, blind, chance;
+  ``videomme``: accuracy, acc@N, acc_short / acc_medium / acc_long, acc_<task type>, blind, chance (the
+  letter protocol), acc_ll, acc_ll@N, acc_ll_long, acc_ll_blind (option likelihood);
   ``sp_bench``: ``time_<method>_s`` timings (shown in s) and ``speedup_<a>_vs_<b>`` / ``*_ratio`` (shown as x);
   ``data_bench``: decode_fps_decord, decode_fps_pyav, build_videos_per_s;
   ``training``: steps, tokens, time_s, loss_first, loss_last, qa_accuracy (one file per stage, e.g.

@@ -35,7 +35,7 @@ ORDER = ["needle", "videomme", "training", "sp_bench", "data_bench"]
 # Headline columns per benchmark: exact metric names, or regular expressions (compiled) matched in name order.
 HEADLINES: dict[str, list[str | re.Pattern]] = {
     "needle": ["accuracy", "control", "acc_alone"],
-    "videomme": ["accuracy", "acc_short", "acc_medium", "acc_long", "blind", "chance"],
+    "videomme": ["accuracy", "acc_short", "acc_medium", "acc_long", "blind", "chance", "acc_ll", "acc_ll_long"],
     "training": ["steps", "tokens", "time_s", "loss_first", "loss_last", "qa_accuracy"],
     "sp_bench": [re.compile(r"^speedup_balanced_vs_token"), re.compile(r"^speedup_.*fwdbwd$"),
                  re.compile(r"^eff_.*fwdbwd$"), re.compile(r"^speedup_")],

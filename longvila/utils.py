@@ -109,16 +109,23 @@ def progress(iterable: Iterable[T], desc: str, total: int | None = None, unit: s
     return tqdm(iterable, desc=desc, total=total, unit=unit, disable=disable, dynamic_ncols=True)
 
 
-def git_commit(short: bool = True) -> str:
-    """The commit of the working tree (with ``+dirty`` if it has uncommitted changes), or ``unknown``."""
-    root = Path(__file__).resolve().parents[1]
+# Files the runs themselves write into the tree (published results and the pages made from them): a change
+# there does not make the code that produced a result "dirty".
+RUN_OUTPUTS = ("leaderboards/results", "leaderboards/assets", "leaderboards/README.md", "leaderboards/index.html")
+
+
+def git_commit(short: bool = True, root: str | os.PathLike | None = None) -> str:
+    """The commit of the working tree (with ``+dirty`` if it has uncommitted changes outside ``RUN_OUTPUTS``),
+    or ``unknown``. ``root``: the repository (default: this project's)."""
+    root = Path(root) if root is not None else Path(__file__).resolve().parents[1]
     try:
         rev = subprocess.run(
             ["git", "rev-parse", "--short" if short else "--verify", "HEAD"],
             cwd=root, capture_output=True, text=True, timeout=10, check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+             *(f":(exclude){p}" for p in RUN_OUTPUTS)],
             cwd=root, capture_output=True, text=True, timeout=10, check=True,
         ).stdout.strip()
         return rev + ("+dirty" if dirty else "")

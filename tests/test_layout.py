@@ -94,3 +94,26 @@ def test_typed_overrides_parse_by_annotation():
         set_field(cfg, "inner.nope", "1")
     with pytest.raises(AttributeError, match="no group 'missing'"):
         set_field(cfg, "missing.frames", "1")
+
+
+def test_git_commit_dirty_ignores_run_outputs(tmp_path):
+    """A run that rewrites published results does not mark the results after it as made by dirty code."""
+    from longvila.utils import git_commit
+
+    def git(*a):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *a], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "leaderboards" / "results").mkdir(parents=True)
+    (tmp_path / "leaderboards" / "results" / "r.json").write_text("{}")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", "-A")
+    git("commit", "-q", "-m", "init")
+    rev = git_commit(root=tmp_path)
+    assert len(rev) >= 7 and "+dirty" not in rev
+    (tmp_path / "leaderboards" / "results" / "r.json").write_text('{"a": 1}')
+    assert git_commit(root=tmp_path) == rev
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_commit(root=tmp_path) == rev + "+dirty"
+    assert git_commit(root=tmp_path / "not-a-repo") == "unknown"
