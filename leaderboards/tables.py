@@ -34,7 +34,7 @@ TITLES = {
 ORDER = ["needle", "videomme", "training", "sp_bench", "data_bench"]
 # Headline columns per benchmark: exact metric names, or regular expressions (compiled) matched in name order.
 HEADLINES: dict[str, list[str | re.Pattern]] = {
-    "needle": ["accuracy", "control", "acc_alone"],
+    "needle": ["accuracy", "control", "acc_alone", "acc_if_read"],
     "videomme": ["accuracy", "acc_short", "acc_medium", "acc_long", "blind", "chance", "acc_ll", "acc_ll_long"],
     "training": ["steps", "tokens", "time_s", "loss_first", "loss_last", "qa_accuracy"],
     "sp_bench": [re.compile(r"^speedup_balanced_vs_token"), re.compile(r"^speedup_.*fwdbwd$"),
@@ -48,6 +48,7 @@ MAX_HEADLINE_COLUMNS = 8
 # The one metric per benchmark in the at-a-glance table (first present; else the first headline column).
 SUMMARY_METRIC: dict[str, list[str]] = {
     "needle": ["accuracy"], "videomme": ["accuracy"], "training": ["qa_accuracy", "loss_last"],
+    "sp_bench": ["speedup_zigzag_vs_basic_2r_16384_fwdbwd", "speedup_zigzag_vs_basic_2r_8192_fwdbwd"],
 }
 FRAME_METRIC_RE = re.compile(r"^(?P<metric>.+)@(?P<frames>\d+)$")
 QUOTED_FIELDS = ("benchmark", "claim", "figure", "value", "frames", "model", "source", "url")
