@@ -11,9 +11,12 @@ Design choices:
 - Both classes share one answer path (``_respond``): read the request's videos (uniform ``num_frames``
   frames, ``videomme.read_video_frames``; still images count as one frame), encode them, wrap the task's
   text with the processor's chat prompt and generate greedily (``runner.generate``).
-- ``loglikelihood`` (multiple-choice tasks scored by likelihood) scores the continuation after the same chat
-  prompt with the prompt's key/value cache (``runner.option_logprobs``) and returns (sum log-probability,
-  is_greedy); multi-round generation raises NotImplementedError.
+- ``loglikelihood`` scores the continuation after the same chat prompt, reusing the prompt's key/value cache
+  (``runner.option_logprobs``), and returns (mean negative log-likelihood per continuation token,
+  is_greedy). That is the convention lmms-eval's models follow (they return the LM loss) and the one its
+  ``multiple_choice`` scorer expects: it takes the choice with the *lowest* value. The local task
+  ``longvila_videomme_ll`` scores the embedded benchmark that way. Multi-round generation raises
+  NotImplementedError.
 - The local task for the embedded benchmark is in ``eval/tasks/longvila_videomme`` (``--include_path``).
 """
 
@@ -118,7 +121,7 @@ class LongVILALmms(lmms):
                 raise ValueError(f"longvila: empty continuation for {task}/{split} doc {doc_id}")
             lp, greedy = runner.option_logprobs(self.lm, runner.embed(self.lm, ids[None], visual), [cont],
                                                 return_greedy=True)
-            out.append((float(lp[0]), bool(greedy[0])))
+            out.append((-float(lp[0]) / len(cont), bool(greedy[0])))
         return out
 
     def generate_until_multi_round(self, requests):

@@ -48,10 +48,11 @@ def test_simple_and_chat_paths_answer_alike(letter_ckpt, tmp_path):
     msgs = [{"role": "user", "content": [{"type": "video", "url": str(video)}, {"type": "text", "text": "Q?"}]}]
     out_chat = chat.generate_until([_Req("Q?", lambda d: msgs, gen, 0, "t", "test")])
     assert out_simple == out_chat == ["B"]
-    # the rigged model always predicts "B": "B" is its greedy continuation, "C" is not, and "B" is likelier
-    (lp_b, greedy_b), (lp_c, greedy_c) = simple.loglikelihood(
+    # the rigged model always predicts "B": "B" is its greedy continuation, "C" is not, and "B" has the lower
+    # loss (lmms-eval's convention: mean negative log-likelihood per token, the lowest choice wins)
+    (nll_b, greedy_b), (nll_c, greedy_c) = simple.loglikelihood(
         [_Req("Q?", "B", lambda d: [str(video)], 0, "t", "test"), _Req("Q?", lambda d: "C", lambda d: [], 0, "t", "test")])
-    assert greedy_b and not greedy_c and lp_b > lp_c and lp_b <= 0
+    assert greedy_b and not greedy_c and 0 <= nll_b < nll_c
 
 
 @pytest.mark.slow
@@ -92,3 +93,48 @@ def test_lmms_eval_cli_run(letter_ckpt, tmp_path):
     samples = [json.loads(line) for p in Path(tmp_path / "out").rglob("*samples_longvila_videomme.jsonl")
                for line in p.read_text().splitlines()]
     assert len(samples) == limit and all(s["filtered_resps"] in ("B", ["B"]) for s in samples)
+
+
+@pytest.mark.slow
+def test_lmms_eval_cli_likelihood_task(letter_ckpt, tmp_path):
+    """`--tasks longvila_videomme_ll` (multiple_choice): the printed accuracy equals the share of questions whose
+    lowest-loss option, computed here directly with the model, is the answer."""
+    import numpy as np
+
+    from longvila.eval import prompts, runner
+
+    bench = tmp_path / "artifacts" / "eval" / "videomme" / "bench"
+    table = videomme.build_embedded(videomme.EmbeddedConfig(
+        out=str(bench), videos_per_duration=1, lengths={"short": 16, "medium": 32, "long": 48}))
+    rows = videomme.load_table(table)
+    limit = min(len(rows), 5)
+    env = {**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1", "LONGVILA_VIDEOMME_ROOT": str(bench)}
+    cmd = [sys.executable, "-m", "lmms_eval", "--model", "longvila",
+           "--model_args", f"pretrained={letter_ckpt},num_frames=8", "--tasks", "longvila_videomme_ll",
+           "--include_path", str(lmms_plugin.TASKS_DIR), "--limit", str(limit), "--force_simple",
+           "--output_path", str(tmp_path / "out"), "--log_samples"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    printed = dict(re.findall(r"\|longvila_videomme_ll\|none\s*\|\s*0\|(\w+)\s*\|.\s*\|\s*([\d.]+|NaN)\|", proc.stdout))
+
+    samples = {json.loads(line)["doc_id"]: json.loads(line)
+               for p in Path(tmp_path / "out").rglob("*samples_longvila_videomme_ll.jsonl")
+               for line in p.read_text().splitlines()}
+    assert sorted(samples) == list(range(limit))
+    lm = runner.load_model(letter_ckpt)
+    correct = []
+    for i, r in enumerate(rows[:limit]):
+        frames = videomme.read_video_frames(bench / "data" / f"{r['videoID']}.mp4", 8, allow_fewer=True)
+        vis = runner.encode_frames(lm, frames)
+        emb = runner.embed(lm, runner.prompt_ids(lm, r["question"], vis.shape[0])[None], vis)
+        losses = []
+        for o in r["options"]:
+            ids = runner.answer_ids(lm, prompts.option_text(o))
+            losses.append(-float(runner.option_logprobs(lm, emb, [ids])[0]) / len(ids))
+        logged = [float(str(x).strip("()").split(",")[0]) for x in samples[i]["filtered_resps"]]
+        assert logged == pytest.approx(losses, rel=1e-6), (i, logged, losses)
+        pred = prompts.OPTION_LETTERS[int(np.argmin(losses))]
+        assert samples[i]["accuracy"]["pred"] == pred
+        correct.append(pred == r["answer"])
+    assert float(printed["accuracy"]) == pytest.approx(float(np.mean(correct)), abs=1e-4), proc.stdout[-2000:]

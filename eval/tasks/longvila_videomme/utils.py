@@ -1,10 +1,12 @@
-"""lmms-eval hooks for the embedded VideoMME-format benchmark (task ``longvila_videomme``).
+"""lmms-eval hooks for the embedded VideoMME-format benchmark (tasks ``longvila_videomme``, letters, and
+``longvila_videomme_ll``, option likelihood).
 
 Prompt and letter extraction come from ``longvila.eval.prompts`` so lmms-eval scores exactly as
 ``longvila eval videomme`` does. Per-duration accuracies aggregate only the questions of that duration
 (NaN when a ``--limit`` run has none).
 """
 
+import ast
 import os
 from pathlib import Path
 
@@ -31,11 +33,38 @@ def doc_to_text(doc, lmms_eval_specific_kwargs=None):
     return prompts.videomme_prompt(doc["question"], list(doc["options"]))
 
 
-def process_results(doc, results):
-    pred = prompts.extract_letter(results[0])
+def _record(doc, pred):
     rec = {"question_id": doc["question_id"], "duration": doc["duration"], "pred": pred,
            "answer": doc["answer"], "correct": pred == doc["answer"]}
     return {"accuracy": rec, "acc_short": rec, "acc_medium": rec, "acc_long": rec}
+
+
+def process_results(doc, results):
+    return _record(doc, prompts.extract_letter(results[0]))
+
+
+# ---- task longvila_videomme_ll: the same questions scored by option likelihood (multiple_choice)
+def doc_to_question(doc, lmms_eval_specific_kwargs=None):
+    return doc["question"].strip()
+
+
+def doc_to_choice(doc):
+    return [prompts.option_text(o) for o in doc["options"]]
+
+
+def doc_to_answer_index(doc):
+    return prompts.OPTION_LETTERS.index(doc["answer"])
+
+
+def _loss(r) -> float:
+    # lmms-eval 0.7 hands loglikelihood results to process_results as their text, "(loss, is_greedy)"
+    return float((ast.literal_eval(r) if isinstance(r, str) else r)[0])
+
+
+def process_results_ll(doc, results):
+    """results: one (loss, is_greedy) per option; the lowest loss is the answer (lmms-eval's convention)."""
+    losses = [_loss(r) for r in results]
+    return _record(doc, prompts.OPTION_LETTERS[losses.index(min(losses))])
 
 
 def _acc(results, duration=None):
