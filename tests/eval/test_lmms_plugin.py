@@ -55,6 +55,29 @@ def test_simple_and_chat_paths_answer_alike(letter_ckpt, tmp_path):
     assert greedy_b and not greedy_c and 0 <= nll_b < nll_c
 
 
+def _run_cli(ckpt, tmp_path, task: str, limit: int, *extra: str):
+    """Build a small embedded benchmark, run ``python -m lmms_eval`` on ``task`` with ``--limit`` and
+    ``--log_samples`` -> (the questions it ran, printed metrics {name: text}, logged samples by doc_id)."""
+    bench = tmp_path / "artifacts" / "eval" / "videomme" / "bench"
+    table = videomme.build_embedded(videomme.EmbeddedConfig(
+        out=str(bench), videos_per_duration=1, lengths={"short": 16, "medium": 32, "long": 48}))
+    rows = videomme.load_table(table)
+    limit = min(len(rows), limit)
+    env = {**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1", "LONGVILA_VIDEOMME_ROOT": str(bench)}
+    cmd = [sys.executable, "-m", "lmms_eval", "--model", "longvila",
+           "--model_args", f"pretrained={ckpt},num_frames=8", "--tasks", task,
+           "--include_path", str(lmms_plugin.TASKS_DIR), "--limit", str(limit), *extra,
+           "--output_path", str(tmp_path / "out"), "--log_samples"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    printed = dict(re.findall(rf"\|{task}\|none\s*\|\s*0\|(\w+)\s*\|.\s*\|\s*([\d.]+|NaN)\|", proc.stdout))
+    samples = {json.loads(line)["doc_id"]: json.loads(line)
+               for p in Path(tmp_path / "out").rglob(f"*samples_{task}.jsonl") for line in p.read_text().splitlines()}
+    assert sorted(samples) == list(range(limit)), proc.stdout[-2000:]
+    return rows[:limit], printed, samples
+
+
 @pytest.mark.slow
 def test_lmms_eval_cli_run(letter_ckpt, tmp_path):
     """`python -m lmms_eval --model longvila ... --tasks longvila_videomme --limit N` on the embedded set.
@@ -62,21 +85,7 @@ def test_lmms_eval_cli_run(letter_ckpt, tmp_path):
     The rigged checkpoint always answers "B", so every printed accuracy must equal the share of "B"
     answers among the questions it ran (overall and per duration).
     """
-    bench = tmp_path / "artifacts" / "eval" / "videomme" / "bench"
-    table = videomme.build_embedded(videomme.EmbeddedConfig(
-        out=str(bench), videos_per_duration=1, lengths={"short": 16, "medium": 32, "long": 48}))
-    rows = videomme.load_table(table)
-    limit = min(len(rows), 7)
-    env = {**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1", "LONGVILA_VIDEOMME_ROOT": str(bench)}
-    cmd = [sys.executable, "-m", "lmms_eval", "--model", "longvila",
-           "--model_args", f"pretrained={letter_ckpt},num_frames=8", "--tasks", "longvila_videomme",
-           "--include_path", str(lmms_plugin.TASKS_DIR), "--limit", str(limit),
-           "--gen_kwargs", "max_new_tokens=1", "--output_path", str(tmp_path / "out"), "--log_samples"]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    printed = dict(re.findall(r"\|longvila_videomme\|none\s*\|\s*0\|(\w+)\s*\|.\s*\|\s*([\d.]+|NaN)\|", proc.stdout))
-    ran = rows[:limit]
+    ran, printed, samples = _run_cli(letter_ckpt, tmp_path, "longvila_videomme", 7, "--gen_kwargs", "max_new_tokens=1")
 
     def share(sel):
         sel = [r for r in ran if sel(r)]
@@ -84,15 +93,13 @@ def test_lmms_eval_cli_run(letter_ckpt, tmp_path):
 
     want = {"accuracy": share(lambda r: True)}
     want.update({f"acc_{d}": share(lambda r, d=d: r["duration"] == d) for d in videomme.DURATIONS})
-    assert set(printed) == set(want), proc.stdout[-2000:]
+    assert set(printed) == set(want), printed
     for k, v in want.items():
         if v != v:  # NaN: no question of that duration within the limit
             assert printed[k] == "NaN"
         else:
             assert float(printed[k]) == pytest.approx(v, abs=1e-4), k
-    samples = [json.loads(line) for p in Path(tmp_path / "out").rglob("*samples_longvila_videomme.jsonl")
-               for line in p.read_text().splitlines()]
-    assert len(samples) == limit and all(s["filtered_resps"] in ("B", ["B"]) for s in samples)
+    assert all(s["filtered_resps"] in ("B", ["B"]) for s in samples.values())
 
 
 @pytest.mark.slow
@@ -103,28 +110,11 @@ def test_lmms_eval_cli_likelihood_task(letter_ckpt, tmp_path):
 
     from longvila.eval import prompts, runner
 
+    ran, printed, samples = _run_cli(letter_ckpt, tmp_path, "longvila_videomme_ll", 5, "--force_simple")
     bench = tmp_path / "artifacts" / "eval" / "videomme" / "bench"
-    table = videomme.build_embedded(videomme.EmbeddedConfig(
-        out=str(bench), videos_per_duration=1, lengths={"short": 16, "medium": 32, "long": 48}))
-    rows = videomme.load_table(table)
-    limit = min(len(rows), 5)
-    env = {**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1", "LONGVILA_VIDEOMME_ROOT": str(bench)}
-    cmd = [sys.executable, "-m", "lmms_eval", "--model", "longvila",
-           "--model_args", f"pretrained={letter_ckpt},num_frames=8", "--tasks", "longvila_videomme_ll",
-           "--include_path", str(lmms_plugin.TASKS_DIR), "--limit", str(limit), "--force_simple",
-           "--output_path", str(tmp_path / "out"), "--log_samples"]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    printed = dict(re.findall(r"\|longvila_videomme_ll\|none\s*\|\s*0\|(\w+)\s*\|.\s*\|\s*([\d.]+|NaN)\|", proc.stdout))
-
-    samples = {json.loads(line)["doc_id"]: json.loads(line)
-               for p in Path(tmp_path / "out").rglob("*samples_longvila_videomme_ll.jsonl")
-               for line in p.read_text().splitlines()}
-    assert sorted(samples) == list(range(limit))
     lm = runner.load_model(letter_ckpt)
     correct = []
-    for i, r in enumerate(rows[:limit]):
+    for i, r in enumerate(ran):
         frames = videomme.read_video_frames(bench / "data" / f"{r['videoID']}.mp4", 8, allow_fewer=True)
         vis = runner.encode_frames(lm, frames)
         emb = runner.embed(lm, runner.prompt_ids(lm, r["question"], vis.shape[0])[None], vis)
@@ -137,4 +127,4 @@ def test_lmms_eval_cli_likelihood_task(letter_ckpt, tmp_path):
         pred = prompts.OPTION_LETTERS[int(np.argmin(losses))]
         assert samples[i]["accuracy"]["pred"] == pred
         correct.append(pred == r["answer"])
-    assert float(printed["accuracy"]) == pytest.approx(float(np.mean(correct)), abs=1e-4), proc.stdout[-2000:]
+    assert float(printed["accuracy"]) == pytest.approx(float(np.mean(correct)), abs=1e-4), printed
