@@ -53,9 +53,11 @@ needle: setup
 videomme: setup
 	$(LV) eval videomme --ckpt $(ART)/ckpt/stage5 --out $(ART)/eval/videomme
 
-# lmms-eval on the embedded VideoMME-format task (after `make videomme`, which writes the benchmark)
+# lmms-eval on the embedded VideoMME-format tasks (after `make videomme`, which writes the benchmark):
+# letters (generation), then option likelihood (multiple_choice, which needs lmms-eval's simple model path)
 lmms-eval: setup
 	$(PY) -m lmms_eval --model longvila --model_args pretrained=$(ART)/ckpt/stage5,num_frames=64 --tasks longvila_videomme --include_path eval/tasks
+	$(PY) -m lmms_eval --model longvila --model_args pretrained=$(ART)/ckpt/stage5,num_frames=64 --tasks longvila_videomme_ll --include_path eval/tasks --force_simple
 
 leaderboards: setup
 	$(LV) leaderboards build
