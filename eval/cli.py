@@ -103,14 +103,16 @@ def _run(args: argparse.Namespace, command: str) -> int:
         keys = ["all", "duration/short", "duration/medium", "duration/long"]
         print(f"videomme: {s['questions']} questions, chance {s['chance']:.2f}, "
               f"blind {s['blind']['all'] if s['blind'] else float('nan'):.3f}, {s['seconds']:.0f} s")
+        def print_table(table):
+            for n in s["frames"]:
+                print(f"  {n:>6} " + " ".join(f"{table[str(n)].get(k, float('nan')):7.3f}" for k in keys))
+
         print("  frames " + " ".join(f"{k.split('/')[-1]:>7}" for k in keys))
-        for n in s["frames"]:
-            print(f"  {n:>6} " + " ".join(f"{s['table'][str(n)].get(k, float('nan')):7.3f}" for k in keys))
+        print_table(s["table"])
         if s.get("table_ll"):
             bl = s["blind_ll"]["all"] if s["blind_ll"] else float("nan")
             print(f"  by option likelihood (question without options; blind {bl:.3f}):")
-            for n in s["frames"]:
-                print(f"  {n:>6} " + " ".join(f"{s['table_ll'][str(n)].get(k, float('nan')):7.3f}" for k in keys))
+            print_table(s["table_ll"])
         return 0
     if args.cmd == "build-videomme":
         from longvila.eval import videomme

@@ -84,12 +84,16 @@ class LongVILALmms(lmms):
                      for c in clips]
         return np.concatenate(clips)
 
-    def _respond(self, visuals: list, text: str, gen_kwargs: dict) -> str:
+    def _prompt_embeds(self, visuals: list, text: str) -> torch.Tensor:
+        """The chat prompt for ``text`` after the request's visuals, embedded: (1, L, D)."""
         frames = self._frames(visuals)
         visual = None if frames is None else runner.encode_frames(self.lm, frames)
         ids = runner.prompt_ids(self.lm, text, None if visual is None else visual.shape[0])
+        return runner.embed(self.lm, ids[None], visual)
+
+    def _respond(self, visuals: list, text: str, gen_kwargs: dict) -> str:
         max_new = int((gen_kwargs or {}).get("max_new_tokens", self.max_new_tokens))
-        reply = runner.generate(self.lm, runner.embed(self.lm, ids[None], visual), max_new)
+        reply = runner.generate(self.lm, self._prompt_embeds(visuals, text), max_new)
         until = (gen_kwargs or {}).get("until") or []
         for stop in [until] if isinstance(until, str) else until:
             if stop:
@@ -107,20 +111,19 @@ class LongVILALmms(lmms):
 
     @torch.inference_mode()
     def loglikelihood(self, requests) -> list[tuple[float, bool]]:
-        out = []
+        out, last = [], (None, None)  # a multiple-choice doc sends one request per option: read its video once
         for req in progress(requests, desc="longvila loglikelihood", unit="req"):
             context, doc_to_target, doc_to_visual, doc_id, task, split = req.args
             doc = self.task_dict[task][split][doc_id]
             target = doc_to_target(doc) if callable(doc_to_target) else doc_to_target
-            visuals = doc_to_visual(doc) or []
-            frames = self._frames(visuals if isinstance(visuals, list) else [visuals])
-            visual = None if frames is None else runner.encode_frames(self.lm, frames)
-            ids = runner.prompt_ids(self.lm, context, None if visual is None else visual.shape[0])
             cont = runner.answer_ids(self.lm, str(target))
             if not cont:
                 raise ValueError(f"longvila: empty continuation for {task}/{split} doc {doc_id}")
-            lp, greedy = runner.option_logprobs(self.lm, runner.embed(self.lm, ids[None], visual), [cont],
-                                                return_greedy=True)
+            key = (task, split, doc_id, context)
+            if last[0] != key:
+                visuals = doc_to_visual(doc) or []
+                last = (key, self._prompt_embeds(visuals if isinstance(visuals, list) else [visuals], context))
+            lp, greedy = runner.option_logprobs(self.lm, last[1], [cont], return_greedy=True)
             out.append((-float(lp[0]) / len(cont), bool(greedy[0])))
         return out
 

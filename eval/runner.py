@@ -147,6 +147,20 @@ def teacher_forced_argmax(lm: LoadedModel, inputs_embeds: torch.Tensor, k: int) 
     return out.logits[:, :k].argmax(-1)
 
 
+def _after_prefix(llm, prefix: torch.Tensor, suffixes: torch.Tensor, logits_to_keep: int = 0):
+    """Run ``suffixes`` (B, S, D) after one shared ``prefix`` (1, P >= 1, D): the prefix's key/value cache is
+    computed with batch 1 and repeated for the B rows. Returns (the prefix's last-position logits (1, 1, V),
+    the suffix output)."""
+    first = llm(inputs_embeds=prefix, use_cache=True, logits_to_keep=1)
+    cache = first.past_key_values
+    cache.batch_repeat_interleave(suffixes.shape[0])
+    p = prefix.shape[1]
+    pos = torch.arange(p, p + suffixes.shape[1]).expand(suffixes.shape[0], -1)
+    out = llm(inputs_embeds=suffixes, past_key_values=cache, position_ids=pos, use_cache=True,
+              logits_to_keep=logits_to_keep)
+    return first.logits[:, -1:], out
+
+
 @torch.inference_mode()
 def teacher_forced_argmax_shared(lm: LoadedModel, prefix: torch.Tensor, suffixes: torch.Tensor, k: int) -> torch.Tensor:
     """The same as ``teacher_forced_argmax`` on rows that share a prefix, computing the prefix once.
@@ -160,13 +174,7 @@ def teacher_forced_argmax_shared(lm: LoadedModel, prefix: torch.Tensor, suffixes
                          f"first answer token and the {k} answer tokens")
     if prefix.shape[1] == 0:
         return teacher_forced_argmax(lm, suffixes, k)
-    llm = lm.model.language_model
-    cache = llm(inputs_embeds=prefix, use_cache=True, logits_to_keep=1).past_key_values
-    cache.batch_repeat_interleave(suffixes.shape[0])
-    p = prefix.shape[1]
-    pos = torch.arange(p, p + suffixes.shape[1]).expand(suffixes.shape[0], -1)
-    out = llm(inputs_embeds=suffixes, past_key_values=cache, position_ids=pos, use_cache=True,
-              logits_to_keep=k + 1)
+    _, out = _after_prefix(lm.model.language_model, prefix, suffixes, logits_to_keep=k + 1)
     return out.logits[:, :k].argmax(-1)
 
 
@@ -185,18 +193,12 @@ def option_logprobs(lm: LoadedModel, prefix: torch.Tensor, options: list[list[in
     if prefix.shape[1] < 1 or not options or any(len(o) == 0 for o in options):
         raise ValueError("option_logprobs needs a non-empty prompt and non-empty options")
     llm = lm.model.language_model
-    first = llm(inputs_embeds=prefix, use_cache=True, logits_to_keep=1)
-    cache = first.past_key_values
-    cache.batch_repeat_interleave(len(options))
     width = max(map(len, options))
     pad = lm.eos_ids[-1] if lm.eos_ids else 0
     ids = torch.tensor([o + [pad] * (width - len(o)) for o in options], dtype=torch.long)
-    p = prefix.shape[1]
-    pos = torch.arange(p, p + width).expand(len(options), -1)
-    emb = llm.get_input_embeddings()(ids).to(prefix.dtype)
-    out = llm(inputs_embeds=emb, past_key_values=cache, position_ids=pos, use_cache=True)
+    first, out = _after_prefix(llm, prefix, llm.get_input_embeddings()(ids).to(prefix.dtype))
     # position 0 of every option is predicted by the prompt's last position, token j by option position j-1
-    logits = torch.cat([first.logits[:, -1:].expand(len(options), -1, -1), out.logits[:, :-1]], 1)
+    logits = torch.cat([first.expand(len(options), -1, -1), out.logits[:, :-1]], 1)
     logp = torch.log_softmax(logits.double(), -1)
     lp = logp.gather(-1, ids[..., None])[..., 0]
     mask = torch.tensor([[j < len(o) for j in range(width)] for o in options])

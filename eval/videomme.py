@@ -330,12 +330,13 @@ def summarize(cfg: VideoMMEConfig, sweep: dict, rows: list[dict]) -> dict:
         a, b = acc(cfg.frames[0], "duration/long", scores), acc(cfg.frames[-1], "duration/long", scores)
         return None if a is None or b is None else b - a
 
-    out = {"frames": list(cfg.frames), "table": tab("scores"),
-           "blind": {k: v["accuracy"] for k, v in sweep[0]["scores"].items()} if 0 in sweep else None,
+    def blind(scores):
+        return {k: v["accuracy"] for k, v in sweep[0][scores].items()} if 0 in sweep else None
+
+    out = {"frames": list(cfg.frames), "table": tab("scores"), "blind": blind("scores"),
            "chance": 1 / len(rows[0]["options"]), "questions": len(rows), "long_gain": gain("scores")}
     if cfg.likelihood:
-        out.update(table_ll=tab("scores_ll"), long_gain_ll=gain("scores_ll"),
-                   blind_ll={k: v["accuracy"] for k, v in sweep[0]["scores_ll"].items()} if 0 in sweep else None)
+        out.update(table_ll=tab("scores_ll"), long_gain_ll=gain("scores_ll"), blind_ll=blind("scores_ll"))
     return out
 
 
