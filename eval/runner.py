@@ -151,12 +151,14 @@ def _after_prefix(llm, prefix: torch.Tensor, suffixes: torch.Tensor, logits_to_k
     """Run ``suffixes`` (B, S, D) after one shared ``prefix`` (1, P >= 1, D): the prefix's key/value cache is
     computed with batch 1 and repeated for the B rows. Returns (the prefix's last-position logits (1, 1, V),
     the suffix output)."""
+    from longvila.model.kv_cache import cache_kwargs, output_cache
+
     first = llm(inputs_embeds=prefix, use_cache=True, logits_to_keep=1)
-    cache = first.past_key_values
+    cache = output_cache(first)
     cache.batch_repeat_interleave(suffixes.shape[0])
     p = prefix.shape[1]
     pos = torch.arange(p, p + suffixes.shape[1]).expand(suffixes.shape[0], -1)
-    out = llm(inputs_embeds=suffixes, past_key_values=cache, position_ids=pos, use_cache=True,
+    out = llm(inputs_embeds=suffixes, position_ids=pos, use_cache=True, **cache_kwargs(llm, cache),
               logits_to_keep=logits_to_keep)
     return first.logits[:, -1:], out
 

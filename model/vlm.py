@@ -31,6 +31,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreT
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .config import LongVILAConfig
+from .kv_cache import OLD as OLD_CACHE_KW
+from .kv_cache import cache_kwargs, output_cache, output_field
 from .projector import build_projector
 from .vision import build_vision_tower
 
@@ -57,7 +59,7 @@ class LongVILAPreTrainedModel(PreTrainedModel):
     base_model_prefix = ""
     input_modalities = ("image", "video", "text")
     supports_gradient_checkpointing = True
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache", "past_key_values"]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -155,22 +157,27 @@ class LongVILAForCausalLM(LongVILAPreTrainedModel, GenerationMixin):
         position_ids: torch.LongTensor | None = None,
         labels: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
-        past_key_values=None,
+        cache=None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """input_ids (B, L), pixel_values (N, 3, S, S) for the N*T ``<image>`` ids, labels (B, L) -> logits (B, L, V).
 
-        ``loss`` = mean CE over labels != -100 (shifted inside). Either input_ids or inputs_embeds.
+        ``loss`` = mean CE over labels != -100 (shifted inside). Either input_ids or inputs_embeds. ``cache``
+        (``past_key_values`` is accepted too, transformers' name before 5.x renamed it) continues decoding.
         """
+        if OLD_CACHE_KW in kwargs:
+            if cache is not None:
+                raise ValueError("forward: pass the KV cache once, as `cache` (or the older `past_key_values`)")
+            cache = kwargs.pop(OLD_CACHE_KW)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("forward: pass exactly one of input_ids and inputs_embeds")
         if inputs_embeds is None:
             if pixel_values is not None:
                 inputs_embeds = self.merge_visual_tokens(input_ids, self.encode_frames(pixel_values))
             else:
-                prefill = past_key_values is None or past_key_values.get_seq_length() == 0
+                prefill = cache is None or cache.get_seq_length() == 0
                 if prefill and bool((input_ids == self.config.image_token_id).any()):
                     n = int((input_ids == self.config.image_token_id).sum())
                     raise ValueError(f"placeholder mismatch: {n} <image> ids in input_ids but no pixel_values")
@@ -181,15 +188,15 @@ class LongVILAForCausalLM(LongVILAPreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             use_cache=use_cache,
+            **cache_kwargs(self.language_model, cache),
             logits_to_keep=0 if labels is not None else logits_to_keep,
             **kwargs,
         )
         loss = causal_lm_loss(out.logits, labels) if labels is not None else None
         return CausalLMOutputWithPast(
-            loss=loss, logits=out.logits, past_key_values=out.past_key_values,
-            hidden_states=out.hidden_states, attentions=out.attentions,
+            loss=loss, logits=out.logits, hidden_states=out.hidden_states, attentions=out.attentions,
+            **{output_field(CausalLMOutputWithPast): output_cache(out)},
         )
 
     # -- checkpoints ---------------------------------------------------------------------------------------

@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
+from longvila.model.kv_cache import cache_kwargs, output_cache
+
 from .mesh import SPMesh
 from .mmsp import IGNORE_INDEX, pad_positions
 from .zigzag import pad_to, padded_length, zigzag_shard, zigzag_unshard
@@ -42,7 +44,7 @@ def sp_prefill(llm, inputs_embeds: torch.Tensor, mesh: SPMesh | None = None,
     out = llm.get_decoder()(inputs_embeds=local, position_ids=local_pos, use_cache=True)
     hidden = zigzag_unshard(out.last_hidden_state, 1, mesh, length=length)
     cache = DynamicCache(config=llm.config)
-    for i, layer in enumerate(out.past_key_values.layers):
+    for i, layer in enumerate(output_cache(out).layers):
         k = zigzag_unshard(layer.keys, 2, mesh, length=length)
         v = zigzag_unshard(layer.values, 2, mesh, length=length)
         cache.update(k, v, i)
@@ -67,7 +69,7 @@ def sp_generate(llm, inputs_embeds: torch.Tensor, max_new_tokens: int, mesh: SPM
             if bool(done.all()):
                 break
         pos = torch.full_like(tok, length + t)
-        logits = llm(input_ids=tok, position_ids=pos, past_key_values=cache, use_cache=True).logits[:, -1]
+        logits = llm(input_ids=tok, position_ids=pos, use_cache=True, **cache_kwargs(llm, cache)).logits[:, -1]
         tok = logits.argmax(-1, keepdim=True)
         if eos_token_id is not None:
             tok = tok.masked_fill(done[:, None], eos_token_id)

@@ -8,6 +8,7 @@ import torch
 
 from longvila.data import world
 from longvila.eval import needle, runner
+from longvila.model.kv_cache import cache_kwargs, output_cache
 
 
 def test_frame_counts_default_grid():
@@ -85,10 +86,10 @@ def test_shared_prefix_scoring_equals_full(tiny_lm):
     assert torch.equal(full, shared)
     logits_full = tiny_lm.model.language_model(inputs_embeds=rows, use_cache=False).logits[:, -4:]
     llm = tiny_lm.model.language_model
-    cache = llm(inputs_embeds=rows[:1, :25], use_cache=True).past_key_values
+    cache = output_cache(llm(inputs_embeds=rows[:1, :25], use_cache=True))
     cache.batch_repeat_interleave(3)
     pos = torch.arange(25, 40).expand(3, -1)
-    logits_shared = llm(inputs_embeds=rows[:, 25:], past_key_values=cache, position_ids=pos).logits[:, -4:]
+    logits_shared = llm(inputs_embeds=rows[:, 25:], position_ids=pos, **cache_kwargs(llm, cache)).logits[:, -4:]
     torch.testing.assert_close(logits_shared, logits_full, atol=2e-5, rtol=1e-4)
 
 

@@ -183,3 +183,52 @@ def test_loss_without_labelled_tokens_is_zero_not_nan(tiny_model):
     assert loss.item() == 0.0
     loss.backward()
     assert torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+def test_kv_cache_continuation_under_either_name_without_deprecation(tiny_model):
+    """A prefix's cache continues decoding whether passed as ``cache`` or transformers' older ``past_key_values``,
+    equals the full forward, and the project's own calls raise no deprecation warning."""
+    import warnings
+
+    from longvila.model.kv_cache import cache_kwargs, output_cache
+
+    ids = torch.randint(10, 200, (1, 12))
+    full = tiny_model(input_ids=ids).logits[:, 8:]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        cache = output_cache(tiny_model(input_ids=ids[:, :8], use_cache=True))
+        assert cache is not None and cache.get_seq_length() == 8
+        pos = torch.arange(8, 12)[None]
+        llm = tiny_model.language_model
+        direct = llm(input_ids=ids[:, 8:], position_ids=pos, **cache_kwargs(llm, cache)).logits
+    torch.testing.assert_close(direct, full, atol=2e-5, rtol=1e-4)
+    for name in ("cache", "past_key_values"):
+        cache = output_cache(tiny_model(input_ids=ids[:, :8], use_cache=True))
+        got = tiny_model(input_ids=ids[:, 8:], position_ids=pos, **{name: cache}).logits
+        torch.testing.assert_close(got, full, atol=2e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="KV cache once"):
+        tiny_model(input_ids=ids[:, 8:], cache=cache, past_key_values=cache)
+
+
+def test_kv_cache_argument_name_follows_the_model_class():
+    from longvila.model.kv_cache import cache_kwargs, output_cache, output_field
+
+    class Old:
+        def forward(self, input_ids=None, past_key_values=None): ...
+
+    class New:
+        def forward(self, input_ids=None, cache=None): ...
+
+    class Neither:
+        def forward(self, input_ids=None): ...
+
+    assert cache_kwargs(Old(), "c") == {"past_key_values": "c"}
+    assert cache_kwargs(New(), "c") == {"cache": "c"}
+    with pytest.raises(TypeError, match="Neither.forward takes neither"):
+        cache_kwargs(Neither(), "c")
+    old_out = type("O", (), {"past_key_values": "kv"})()
+    assert output_cache(old_out) == "kv"
+    assert output_cache(type("N", (), {"cache": "kv2"})()) == "kv2"
+    assert output_cache(object()) is None
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+    assert output_field(CausalLMOutputWithPast) in ("cache", "past_key_values")
