@@ -11,7 +11,8 @@ on the *global* sequence (target of token t = label t+1); the sequence is padded
 on the local shard with its global position ids (the registered SP attention does the rest).
 
 Loss: local CE sum / number of active targets in the whole SP group, so the sum over SP ranks is the
-one-process mean. Gradients must therefore be *summed* over the SP group (``reduce_sp_gradients``).
+one-process mean (with ``loss_weights``: local weighted CE sum / the group's total weight). Gradients
+must therefore be *summed* over the SP group (``reduce_sp_gradients``).
 NOTE: a data-parallel wrapper that *averages* gradients over all dp x sp ranks (DDP, DeepSpeed) gets
 the right result if the loss is multiplied by ``mesh.sp_size`` before backward.
 
@@ -104,7 +105,8 @@ def encode_frames_by_token(model, input_ids: torch.Tensor, pixel_values: torch.T
 
 def mmsp_forward(model, batch: dict, mesh: SPMesh | None = None, frame_sharding: str = "balanced") -> MMSPOutput:
     """One MM-SP forward on a batch dict: input_ids (B, L), labels (B, L), position_ids (B, L) (optional,
-    restarting at 0 per packed sample), pixel_values (N, 3, S, S) (optional). Every rank of the SP group
+    restarting at 0 per packed sample), pixel_values (N, 3, S, S) (optional), loss_weights (B, L) (optional:
+    a weight per labelled token; the loss is then the weighted mean). Every rank of the SP group
     must pass the same batch. The LLM must have had ``apply_sequence_parallel(model, mesh)``.
     ``frame_sharding="token"`` selects the naive stage a (``encode_frames_by_token``), for benchmarks."""
     mesh = mesh or SPMesh.single()
@@ -134,15 +136,26 @@ def mmsp_forward(model, batch: dict, mesh: SPMesh | None = None, frame_sharding:
         embeds = model.language_model.get_input_embeddings()(input_ids)
     targets = shift_labels(labels)
     num_active = int((targets != IGNORE_INDEX).sum())
+    weights = batch.get("loss_weights")
+    if weights is not None:
+        if weights.shape != labels.shape:
+            raise ValueError(f"loss_weights {tuple(weights.shape)} != labels {tuple(labels.shape)}")
+        weights = F.pad(weights[:, 1:].float(), (0, 1)).masked_fill(targets == IGNORE_INDEX, 0.0)
     total = padded_length(length, mesh)
     local_embeds = zigzag_shard(embeds, 1, mesh)
     local_pos = zigzag_shard(pad_positions(position_ids, total), 1, mesh)
     local_tgt = zigzag_shard(pad_to(targets, 1, total, IGNORE_INDEX), 1, mesh)
     out = model.language_model(inputs_embeds=local_embeds, position_ids=local_pos, use_cache=False)
     logits = out.logits
-    ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), local_tgt.reshape(-1),
-                         ignore_index=IGNORE_INDEX, reduction="sum")
-    return MMSPOutput(ce / max(num_active, 1), num_active, logits, local_tgt, n_local)
+    flat = logits.float().reshape(-1, logits.shape[-1])
+    if weights is None:
+        ce = F.cross_entropy(flat, local_tgt.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
+        return MMSPOutput(ce / max(num_active, 1), num_active, logits, local_tgt, n_local)
+    local_w = zigzag_shard(pad_to(weights, 1, total, 0.0), 1, mesh)
+    ce = F.cross_entropy(flat, local_tgt.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none")
+    denom = float(weights.sum())  # the whole sequence's weight: the same on every SP rank
+    return MMSPOutput((ce * local_w.reshape(-1)).sum() / (denom if denom > 0 else 1.0), num_active, logits,
+                      local_tgt, n_local)
 
 
 def reduce_sp_gradients(model: torch.nn.Module, mesh: SPMesh) -> None:

@@ -182,10 +182,29 @@ def needle_sample(pool: tuple[dict[str, Any], ...], frames: int, rng: np.random.
             "num_frames": [len(video)], "id": f"needle-{code}-{at}of{len(video)}", "truncated": False}
 
 
-def pack(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Samples -> one packed row (1, L) with restarting position ids, frames concatenated in order."""
+LOSS_WEIGHTING = {"token": 0.0, "square": 0.5, "sample": 1.0}  # exponent p: a sample's tokens weigh n ** -p
+
+
+def loss_weights(labels: torch.Tensor, weighting: str) -> torch.Tensor:
+    """Per-token loss weights (L,) of one sample: ``n ** -p`` on its n labelled tokens, 0 elsewhere.
+
+    "token" (p = 0) is the plain mean over all answer tokens of a batch; "sample" (p = 1) gives every sample
+    the same weight; "square" (p = 0.5, InternVL 2.5's square averaging) sits between, so that a one-word
+    answer is not drowned by the long captions packed beside it."""
+    if weighting not in LOSS_WEIGHTING:
+        raise ValueError(f"loss weighting {weighting!r}: choose one of {sorted(LOSS_WEIGHTING)}")
+    active = labels != -100
+    n = int(active.sum())
+    return active.float() * (float(n) ** -LOSS_WEIGHTING[weighting] if n else 0.0)
+
+
+def pack(items: list[dict[str, Any]], weighting: str = "token") -> dict[str, Any]:
+    """Samples -> one packed row (1, L) with restarting position ids, frames concatenated in order; with a
+    ``weighting`` other than "token", ``loss_weights`` (1, L) too (see ``loss_weights``)."""
     pix = [it["pixel_values"] for it in items if it["pixel_values"] is not None]
-    return {
+    extra = {} if weighting == "token" else {
+        "loss_weights": torch.cat([loss_weights(it["labels"], weighting) for it in items])[None]}
+    return {**extra,
         "input_ids": torch.cat([it["input_ids"] for it in items])[None],
         "labels": torch.cat([it["labels"] for it in items])[None],
         "position_ids": torch.cat([torch.arange(it["input_ids"].shape[0]) for it in items])[None],
@@ -208,13 +227,13 @@ def rank_order(n: int, seed: int, dp_rank: int, dp: int, start: int, count: int)
 
 def stream(data_root: str | Path, sets: tuple[str, ...], phase: Phase, seed: int, skip: int, dp_rank: int,
            dp: int, seq_len: int, processor, needle_frac: float = 0.0, max_turns: int = 0,
-           needle_mc_frac: float = 0.0) -> Iterator[dict[str, Any]]:
+           needle_mc_frac: float = 0.0, loss_weighting: str = "token") -> Iterator[dict[str, Any]]:
     """Endless micro-batches of a dp rank, starting at micro-batch ``skip`` (see the module docstring).
 
     Micro-batch m holds the samples at stream positions [m*B, (m+1)*B); a sample that fails to decode is
     dropped from its batch and counted in ``skipped`` (a batch left empty takes the next positions).
     ``needle_frac``: the fraction of each micro-batch replaced by ``needle_sample``s (rounded per batch), a
-    ``needle_mc_frac`` share of them in the multiple-choice form.
+    ``needle_mc_frac`` share of them in the multiple-choice form. ``loss_weighting``: see ``pack``.
     """
     from longvila.data.video_io import VideoError
 
@@ -240,4 +259,4 @@ def stream(data_root: str | Path, sets: tuple[str, ...], phase: Phase, seed: int
             items.append(it)
         m += 1
         if items:
-            yield {**pack(items), "skipped": skipped, "truncated": truncated}
+            yield {**pack(items, loss_weighting), "skipped": skipped, "truncated": truncated}

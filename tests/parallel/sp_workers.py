@@ -139,8 +139,9 @@ def tiny_vlm(logn_base: int = 0):
     return LongVILAForCausalLM(config).float()
 
 
-def video_batch(model, packed: bool, seed: int = 0) -> dict:
-    """A video-heavy batch: frames as <image> runs (1 token each) inside random text; labels on the answers."""
+def video_batch(model, packed: bool, seed: int = 0, weighted: bool = False) -> dict:
+    """A video-heavy batch: frames as <image> runs (1 token each) inside random text; labels on the answers;
+    ``weighted``: random per-token loss weights too."""
     g = torch.Generator().manual_seed(seed)
     img = model.config.image_token_id
 
@@ -164,18 +165,32 @@ def video_batch(model, packed: bool, seed: int = 0) -> dict:
         pos = torch.arange(ids.shape[1]).expand(2, -1)
         n_frames = 10
     s = model.config.image_size
-    return {"input_ids": ids, "labels": labels, "position_ids": pos,
-            "pixel_values": torch.randn(n_frames, 3, s, s, generator=g)}
+    batch = {"input_ids": ids, "labels": labels, "position_ids": pos,
+             "pixel_values": torch.randn(n_frames, 3, s, s, generator=g)}
+    if weighted:
+        batch["loss_weights"] = torch.rand(ids.shape, generator=g) * 3 * (labels != -100)
+    return batch
 
 
-def reference_step(packed: bool, logn_base: int = 0) -> tuple[torch.Tensor, dict]:
-    """One process: the VLM's own forward (loss inside), SP attention on a one-rank mesh for packing."""
+def weighted_mean_ce(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Written out: sum over targets of w * CE / sum of w, the target of token t being label t+1."""
+    ce = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                                           ignore_index=-100, reduction="none")
+    w = weights[:, 1:].reshape(-1) * (labels[:, 1:].reshape(-1) != -100)
+    return (ce * w).sum() / w.sum()
+
+
+def reference_step(packed: bool, logn_base: int = 0, weighted: bool = False) -> tuple[torch.Tensor, dict]:
+    """One process: the VLM's own forward (loss inside, or the weighted mean written out), SP attention on a
+    one-rank mesh for packing."""
     from longvila.parallel.hf import apply_sequence_parallel
 
     model = tiny_vlm(logn_base)
     apply_sequence_parallel(model)
-    batch = video_batch(model, packed)
-    loss = model(**batch).loss
+    batch = video_batch(model, packed, weighted=weighted)
+    weights = batch.pop("loss_weights", None)
+    out = model(**batch)
+    loss = out.loss if weights is None else weighted_mean_ce(out.logits, batch["labels"], weights)
     loss.backward()
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -185,21 +200,21 @@ def mmsp_worker(rank: int, world: int, layouts: list) -> dict:
     from longvila.parallel.mmsp import mmsp_forward, reduce_sp_gradients
 
     results: dict[str, str] = {}
-    # (packed, log-n base): log-n scaling depends on each token's global position in its own sample
-    variants = ((False, 0), (True, 0), (True, 6))
+    # (packed, log-n base, loss weights): log-n scaling depends on each token's global position in its own sample
+    variants = ((False, 0, False), (True, 0, False), (True, 6, False), (True, 0, True))
     refs = {v: reference_step(*v) for v in variants}
     for u, r in layouts:
         mesh = build_mesh(ParallelDims(dp=world // (u * r), sp_ulysses=u, sp_ring=r, world_size=world))
-        for packed, logn in variants:
-            def case(mesh=mesh, packed=packed, logn=logn):
+        for packed, logn, weighted in variants:
+            def case(mesh=mesh, packed=packed, logn=logn, weighted=weighted):
                 model = tiny_vlm(logn)
                 apply_sequence_parallel(model, mesh)
-                out = mmsp_forward(model, video_batch(model, packed), mesh)
+                out = mmsp_forward(model, video_batch(model, packed, weighted=weighted), mesh)
                 out.loss.backward()
                 reduce_sp_gradients(model, mesh)
                 total = out.loss.detach().clone()
                 dist.all_reduce(total, group=mesh.sp_group)
-                ref_loss, ref_grads = refs[(packed, logn)]
+                ref_loss, ref_grads = refs[(packed, logn, weighted)]
                 torch.testing.assert_close(total, ref_loss, atol=1e-6, rtol=1e-5)
                 grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
                 assert grads.keys() == ref_grads.keys(), sorted(set(grads) ^ set(ref_grads))
@@ -210,7 +225,8 @@ def mmsp_worker(rank: int, world: int, layouts: list) -> dict:
                 allc = [torch.zeros_like(counts) for _ in range(mesh.sp_size)]
                 dist.all_gather(allc, counts, group=mesh.sp_group)
                 assert max(allc).item() - min(allc).item() <= 1, allc
-            _check(results, f"U{u}R{r}-{'packed' if packed else 'batch2'}{'-logn' if logn else ''}", case)
+            _check(results, f"U{u}R{r}-{'packed' if packed else 'batch2'}{'-logn' if logn else ''}"
+                            f"{'-weighted' if weighted else ''}", case)
     return results
 
 

@@ -1,5 +1,6 @@
 """Whole-model equivalence: one MM-SP forward + backward of the tiny VLM on 2 and 4 ranks gives the
-one-process loss and the one-process gradient of every parameter (also with log-n attention scaling)."""
+one-process loss and the one-process gradient of every parameter (also with log-n attention scaling and
+with per-token loss weights)."""
 
 import pytest
 import sp_workers
@@ -22,7 +23,7 @@ def results():
 
 
 @pytest.mark.parametrize("world,u,r", [(w, u, r) for w, ls in LAYOUTS.items() for u, r in ls])
-@pytest.mark.parametrize("batch", ["batch2", "packed", "packed-logn"])
+@pytest.mark.parametrize("batch", ["batch2", "packed", "packed-logn", "packed-weighted"])
 def test_mmsp_step_matches_one_process(results, world, u, r, batch):
     for rank, res in enumerate(results[world]):
         assert res[f"U{u}R{r}-{batch}"] == "ok", f"rank {rank}: {res[f'U{u}R{r}-{batch}']}"

@@ -35,7 +35,8 @@ def test_each_stage_is_a_copy_of_the_previous():
     s3, s4 = stage3(), stage4()
     # fields stage 4 does not change are inherited from stage 3
     assert s4.optim.beta2 == s3.optim.beta2 and s4.optim.weight_decay == s3.optim.weight_decay
-    assert s4.seed == s3.seed and s4.schedule.kind == s3.schedule.kind
+    assert s4.seed == s3.seed and s4.schedule.min_lr_ratio == s3.schedule.min_lr_ratio
+    assert s4.data.loss_weighting == s3.data.loss_weighting == "square"
     with pytest.raises(dataclasses.FrozenInstanceError):
         s3.optim.lr = 1.0  # type: ignore[misc]
 
@@ -86,6 +87,7 @@ def test_overrides_are_typed():
     ("model.train=mm_projector,decoder", "unknown module"),
     ("model.logn_base=1", "model.logn_base=1"),
     ("data.needle_mc_frac=1.5", "data.needle_mc_frac=1.5 must be in"),
+    ("data.loss_weighting=mean", "data.loss_weighting=.mean.: choose one of"),
 ])
 def test_bad_overrides_name_the_key(bad, match):
     with pytest.raises(ConfigError, match=match):

@@ -39,6 +39,22 @@ def test_pack_restarts_positions_and_keeps_frame_order():
     assert b["position_ids"].tolist() == [[0, 1, 2, 0, 1, 2, 3, 0, 1]]
     assert b["pixel_values"].shape == (3, 3, 4, 4) and b["pixel_values"][2].eq(1).all()
     assert b["num_frames"] == [2, 1] and b["sample_ids"] == ["a", "b", "c"]
+    assert "loss_weights" not in b  # "token": the plain mean, no weights needed
+
+
+def test_loss_weighting_gives_each_sample_n_to_the_minus_p():
+    a = torch.tensor([-100, -100, 5, 6, 7, 8])  # 4 answer tokens
+    b = torch.tensor([-100, 9])  # 1 answer token
+    items = [{"input_ids": torch.zeros_like(x), "labels": x, "pixel_values": None, "num_frames": [], "id": str(i)}
+             for i, x in enumerate((a, b))]
+    for weighting, wa, wb in (("square", 0.5, 1.0), ("sample", 0.25, 1.0)):
+        w = ds.pack(items, weighting)["loss_weights"][0]
+        assert w.tolist() == [0, 0, wa, wa, wa, wa, 0, wb], weighting
+        # a sample's share of the loss: n * n^-p
+        assert w[:6].sum() / w.sum() == pytest.approx(4 * wa / (4 * wa + wb))
+    assert ds.loss_weights(torch.full((3,), -100), "square").tolist() == [0, 0, 0]
+    with pytest.raises(ValueError, match="loss weighting 'mean'"):
+        ds.loss_weights(a, "mean")
 
 
 @pytest.fixture(scope="module")
