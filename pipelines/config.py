@@ -75,6 +75,9 @@ class DataCfg:
     # how a micro-batch's answer tokens share the loss: "token" (plain mean), "square" (a sample of n answer
     # tokens weighs 1/sqrt(n) per token, InternVL 2.5's square averaging) or "sample" (each sample equal)
     loss_weighting: str = "token"
+    # share of each micro-batch made of text multiple-choice samples (a written description, then a four-option
+    # question answered with the letter): they teach the answer format apart from perception
+    mc_text_frac: float = 0.0
     workers: int = 0  # loader worker processes
 
 
@@ -408,7 +411,8 @@ def validate(cfg: StageConfig, world_size: int | None = None) -> None:
         raise ConfigError(f"optim.vision_lr_scale={cfg.optim.vision_lr_scale} must be > 0")
     if not cfg.data.sets:
         raise ConfigError("data.sets is empty")
-    for name, v in (("data.needle_frac", cfg.data.needle_frac), ("data.needle_mc_frac", cfg.data.needle_mc_frac)):
+    for name, v in (("data.needle_frac", cfg.data.needle_frac), ("data.needle_mc_frac", cfg.data.needle_mc_frac),
+                    ("data.mc_text_frac", cfg.data.mc_text_frac)):
         if not 0.0 <= v <= 1.0:
             raise ConfigError(f"{name}={v} must be in [0, 1]")
     from longvila.pipelines.datasource import LOSS_WEIGHTING

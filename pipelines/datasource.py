@@ -198,6 +198,58 @@ def loss_weights(labels: torch.Tensor, weighting: str) -> torch.Tensor:
     return active.float() * (float(n) ** -LOSS_WEIGHTING[weighting] if n else 0.0)
 
 
+MC_TEXT_LEAD = "Read the description, then answer."
+
+
+def mc_text_sample(pool: tuple[dict[str, Any], ...], rng: np.random.Generator, processor) -> dict[str, Any]:
+    """A text-only multiple-choice sample that teaches the answer format, not the perception: a record's
+    ground-truth description (its caption, from its events) followed by one of its questions in the VideoMME
+    four-option form, the options shuffled afresh, answered with the letter. Returns what ``encode_sample``
+    returns (no frames)."""
+    from longvila.data import questions as Q
+
+    cands = _mc_candidates(pool)
+    if not cands:
+        raise ValueError("text multiple-choice samples need records with events and four-option questions "
+                         "(the short_sft set)")
+    i, j = cands[int(rng.integers(len(cands)))]
+    rec = pool[i]["json"]
+    qa = rec["qa"][j]
+    texts = [o.split(". ", 1)[1] for o in qa["options"]]
+    answer = texts[Q.LETTERS.index(qa["answer_letter"])]
+    texts = [texts[k] for k in rng.permutation(len(texts))]
+    options = [f"{Q.LETTERS[k]}. {t}" for k, t in enumerate(texts)]
+    caption = (Q.caption_image if rec.get("kind") == "image_qa" else Q.caption_clip)(rec["events"])
+    conv = [{"from": "human", "value": f"{MC_TEXT_LEAD}\n{caption}\n{Q.mc_prompt(qa['question'], options)}"},
+            {"from": "gpt", "value": Q.LETTERS[texts.index(answer)]}]
+    enc = processor.encode_conversation(conv, [])
+    return {"input_ids": enc["input_ids"], "labels": enc["labels"], "pixel_values": None, "num_frames": [],
+            "id": f"mc-text-{rec.get('id')}-{j}", "truncated": False}
+
+
+_MC_CANDIDATES: dict[int, tuple[tuple[dict[str, Any], ...], tuple[tuple[int, int], ...]]] = {}
+
+
+def _mc_candidates(pool: tuple[dict[str, Any], ...]) -> tuple[tuple[int, int], ...]:
+    """(record, question) pairs of the pool's short records (image and short-video QA) with events and a
+    four-option question whose options differ; computed once per pool."""
+    key = id(pool)
+    if key in _MC_CANDIDATES and _MC_CANDIDATES[key][0] is pool:
+        return _MC_CANDIDATES[key][1]
+    out = []
+    for i, s in enumerate(pool):
+        rec = s["json"]
+        if rec.get("kind") not in ("image_qa", "short_video_qa") or not rec.get("events"):
+            continue
+        for j, qa in enumerate(rec.get("qa") or []):
+            opts = qa.get("options") or []
+            if (len(opts) == 4 and qa.get("answer_letter") and all(". " in o for o in opts)
+                    and len({o.split(". ", 1)[1] for o in opts}) == 4 and qa.get("type") not in ("summary",)):
+                out.append((i, j))
+    _MC_CANDIDATES[key] = (pool, tuple(out))
+    return _MC_CANDIDATES[key][1]
+
+
 def pack(items: list[dict[str, Any]], weighting: str = "token") -> dict[str, Any]:
     """Samples -> one packed row (1, L) with restarting position ids, frames concatenated in order; with a
     ``weighting`` other than "token", ``loss_weights`` (1, L) too (see ``loss_weights``)."""
@@ -227,13 +279,15 @@ def rank_order(n: int, seed: int, dp_rank: int, dp: int, start: int, count: int)
 
 def stream(data_root: str | Path, sets: tuple[str, ...], phase: Phase, seed: int, skip: int, dp_rank: int,
            dp: int, seq_len: int, processor, needle_frac: float = 0.0, max_turns: int = 0,
-           needle_mc_frac: float = 0.0, loss_weighting: str = "token") -> Iterator[dict[str, Any]]:
+           needle_mc_frac: float = 0.0, loss_weighting: str = "token",
+           mc_text_frac: float = 0.0) -> Iterator[dict[str, Any]]:
     """Endless micro-batches of a dp rank, starting at micro-batch ``skip`` (see the module docstring).
 
     Micro-batch m holds the samples at stream positions [m*B, (m+1)*B); a sample that fails to decode is
     dropped from its batch and counted in ``skipped`` (a batch left empty takes the next positions).
     ``needle_frac``: the fraction of each micro-batch replaced by ``needle_sample``s (rounded per batch), a
     ``needle_mc_frac`` share of them in the multiple-choice form. ``loss_weighting``: see ``pack``.
+    ``mc_text_frac``: the fraction replaced by ``mc_text_sample``s (multiple choice on a written description).
     """
     from longvila.data.video_io import VideoError
 
@@ -245,7 +299,10 @@ def stream(data_root: str | Path, sets: tuple[str, ...], phase: Phase, seed: int
         n_needle = int(needle_frac * phase.batch + rng.random()) if needle_frac else 0
         for _ in range(n_needle):
             items.append(needle_sample(pool, phase.frames, rng, processor, mc_frac=needle_mc_frac))
-        for i in rank_order(len(pool), seed, dp_rank, dp, m * phase.batch, phase.batch - n_needle):
+        n_mc = min(int(mc_text_frac * phase.batch + rng.random()), phase.batch - n_needle) if mc_text_frac else 0
+        for _ in range(n_mc):
+            items.append(mc_text_sample(pool, rng, processor))
+        for i in rank_order(len(pool), seed, dp_rank, dp, m * phase.batch, phase.batch - n_needle - n_mc):
             seen += 1
             try:
                 it = encode_sample(pool[i], phase.frames, seq_len, processor, max_turns, rng)

@@ -127,7 +127,8 @@ def make_task(cfg: StageConfig, data_root: str | Path) -> Task:
         return datasource.stream(data_root, cfg.data.sets, phase, seed=cfg.seed * 1000 + pi, skip=skip,
                                  dp_rank=ctx.dp_rank, dp=ctx.dp, seq_len=cfg.data.seq_len,
                                  processor=state["processor"], needle_frac=cfg.data.needle_frac, max_turns=cfg.data.max_turns,
-                                 needle_mc_frac=cfg.data.needle_mc_frac, loss_weighting=cfg.data.loss_weighting)
+                                 needle_mc_frac=cfg.data.needle_mc_frac, loss_weighting=cfg.data.loss_weighting,
+                                 mc_text_frac=cfg.data.mc_text_frac)
 
     def evaluate(model, ctx: Context) -> dict[str, Any]:
         from longvila.pipelines.evaluate import short_video_qa

@@ -88,6 +88,7 @@ def test_overrides_are_typed():
     ("model.logn_base=1", "model.logn_base=1"),
     ("data.needle_mc_frac=1.5", "data.needle_mc_frac=1.5 must be in"),
     ("data.loss_weighting=mean", "data.loss_weighting=.mean.: choose one of"),
+    ("data.mc_text_frac=-0.1", "data.mc_text_frac=-0.1 must be in"),
 ])
 def test_bad_overrides_name_the_key(bad, match):
     with pytest.raises(ConfigError, match=match):

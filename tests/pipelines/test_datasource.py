@@ -117,3 +117,32 @@ def test_needle_sample_multiple_choice_form_answers_the_letter_of_the_code(pool)
     assert seen == 6
     s = ds.needle_sample(pool, 16, np.random.default_rng(0), proc, mc_frac=0.0)
     assert "The best answer is:" not in proc.decode(s["input_ids"].tolist())
+
+
+def test_mc_text_sample_asks_about_the_written_description_and_answers_its_letter():
+    from longvila.data import questions as Q
+    from longvila.data.world import make_image
+    from longvila.model import LongVILAProcessor, tiny_config
+
+    proc = LongVILAProcessor.from_config(tiny_config())
+    im = make_image(11, "train")
+    qas = [q for q in Q.image_questions(im.events, seed=11) if q.options]
+    rec = {"id": "img", "kind": "image_qa", "conversations": [], "events": [e.to_dict() for e in im.events],
+           "qa": [q.to_dict() for q in qas]}
+    pool = ({"__key__": "img", "json": rec}, {"__key__": "v", "json": {"kind": "long_video_sft", "conversations": []}})
+    letters = set()
+    for seed in range(12):
+        s = ds.mc_text_sample(pool, np.random.default_rng(seed), proc)
+        assert s["pixel_values"] is None and s["num_frames"] == []
+        text = proc.decode(s["input_ids"].tolist())
+        assert Q.caption_image(im.events) in text and Q.MC_HEADER in text
+        qa = qas[int(s["id"].rsplit("-", 1)[1])]
+        assert qa.question in text
+        letter = proc.decode(s["labels"][s["labels"] != -100].tolist()).strip()
+        assert letter in Q.LETTERS
+        # the letter's option line carries the right answer, whatever order the options were shuffled into
+        assert f"\n{letter}. {qa.answer}\n" in text
+        letters.add(letter)
+    assert len(letters) >= 3  # options are reshuffled: the answer is not always at one letter
+    with pytest.raises(ValueError, match="four-option questions"):
+        ds.mc_text_sample(pool[1:], np.random.default_rng(0), proc)
