@@ -43,6 +43,14 @@ def init_distributed(backend: str = "gloo", timeout_s: float | None = None) -> t
     return dist.get_rank(), dist.get_world_size()
 
 
+def collective_device() -> torch.device:
+    """Where small bookkeeping tensors of a collective must live: the rank's GPU under NCCL (which cannot
+    reduce CPU tensors), else the CPU (gloo)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def group_size(group) -> int:
     return 1 if group is None else dist.get_world_size(group)
 
@@ -61,11 +69,11 @@ def agree_shapes(x: torch.Tensor, group, what: str) -> None:
         return
     if x.dim() > 8:
         raise ValueError(f"{what}: tensors of more than 8 dims are not supported")
-    header = torch.full((10,), -1, dtype=torch.int64)
+    header = torch.full((10,), -1, dtype=torch.int64, device=x.device)
     header[0] = _DTYPES.index(x.dtype) if x.dtype in _DTYPES else 99
     header[1] = x.dim()
-    header[2 : 2 + x.dim()] = torch.tensor(x.shape, dtype=torch.int64)
-    out = torch.empty(n * 10, dtype=torch.int64)
+    header[2 : 2 + x.dim()] = torch.tensor(x.shape, dtype=torch.int64, device=x.device)
+    out = torch.empty(n * 10, dtype=torch.int64, device=x.device)
     dist.all_gather_single(out, header, group=group)
     rows = out.view(n, 10)
     if not bool((rows == rows[0]).all()):
@@ -169,8 +177,8 @@ def all_gather_varlen(x: torch.Tensor, group, dim: int = 0) -> torch.Tensor:
     n = group_size(group)
     if n == 1:
         return x
-    sizes = torch.empty(n, dtype=torch.int64)
-    dist.all_gather_single(sizes, torch.tensor([x.shape[dim]], dtype=torch.int64), group=group)
+    sizes = torch.empty(n, dtype=torch.int64, device=x.device)
+    dist.all_gather_single(sizes, torch.tensor([x.shape[dim]], dtype=torch.int64, device=x.device), group=group)
     sizes = sizes.tolist()
     m = max(sizes)
     pad = [0, 0] * (x.dim() - 1 - (dim % x.dim())) + [0, m - x.shape[dim]]

@@ -43,10 +43,11 @@ def qa_pairs(record: dict[str, Any]) -> list[tuple[str, str]]:
 
 def _score(model, processor, pixel_values: torch.Tensor, question: str, answer: str) -> tuple[bool, float, int]:
     """(exact match, summed cross-entropy over the answer tokens, number of answer tokens)."""
-    prompt = processor.build_prompt(question, pixel_values.shape[0])
-    ans = torch.tensor(processor._ids(answer + IM_END), dtype=torch.long)
+    device = next(model.parameters()).device  # the rank's GPU under DeepSpeed; inputs are built on the CPU
+    prompt = processor.build_prompt(question, pixel_values.shape[0]).to(device)
+    ans = torch.tensor(processor._ids(answer + IM_END), dtype=torch.long, device=device)
     ids = torch.cat([prompt, ans])[None]
-    logits = model(input_ids=ids, pixel_values=pixel_values).logits[0]
+    logits = model(input_ids=ids, pixel_values=pixel_values.to(device)).logits[0]
     at = logits[prompt.shape[0] - 1: ids.shape[1] - 1].float()
     ce = torch.nn.functional.cross_entropy(at, ans, reduction="sum")
     return bool(torch.equal(at.argmax(-1), ans)), float(ce), int(ans.numel())
@@ -87,8 +88,12 @@ def short_video_qa(model, set_dir: Path, frames: int, limit: int, ctx) -> dict[s
         right[i] = float(ok)
         ce += torch.tensor([loss, n_tok], dtype=torch.float64)
     if dist.is_initialized() and ctx.world > 1:
+        from longvila.parallel.comm import collective_device
+
+        right, ce = right.to(collective_device()), ce.to(collective_device())
         dist.all_reduce(right)
         dist.all_reduce(ce)
+        right, ce = right.cpu(), ce.cpu()
     if ctx.mesh is not None:
         apply_sequence_parallel(model, ctx.mesh)
 

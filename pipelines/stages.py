@@ -92,8 +92,16 @@ def mmsp_loss(model, batch: dict, ctx: Context) -> tuple[torch.Tensor, int]:
     from longvila.parallel.mmsp import mmsp_forward
 
     module = getattr(model, "module", model)  # a DeepSpeed engine wraps the model
-    out = mmsp_forward(module, batch, ctx.mesh)
+    out = mmsp_forward(module, to_model_device(batch, module), ctx.mesh)
     return out.loss, (out.num_active if ctx.sp_rank == 0 else 0)
+
+
+def to_model_device(batch: dict, model: torch.nn.Module) -> dict:
+    """The batch's tensors on the device of the model's parameters (DeepSpeed puts the model on the rank's
+    GPU; the data stream builds batches on the CPU). Other values pass through; a no-op on CPU."""
+    device = next(model.parameters()).device
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) and v.device != device else v
+            for k, v in batch.items()}
 
 
 def save(model, folder: Path) -> None:

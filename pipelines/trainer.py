@@ -104,7 +104,9 @@ def _barrier() -> None:
 
 
 def _all_sum(values: list[float]) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64)
+    from longvila.parallel.comm import collective_device
+
+    t = torch.tensor(values, dtype=torch.float64, device=collective_device())
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t)
     return t.tolist()

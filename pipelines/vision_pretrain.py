@@ -141,8 +141,13 @@ def pretrain_vision_tower(tower: nn.Module, vision_hidden: int, vocab: int, data
         losses.append(loss.item())
     tower.train(was_training)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
+        from longvila.parallel.comm import collective_device
+
+        dev = collective_device()
         for p in tower.parameters():
-            torch.distributed.broadcast(p.data, src=0)
+            buf = p.data.to(dev)
+            torch.distributed.broadcast(buf, src=0)
+            p.data.copy_(buf)
     tail = max(1, len(losses) // 10)
     return {
         "steps": cfg.steps, "pairs": len(train_caps), "batch": batch,

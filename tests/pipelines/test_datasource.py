@@ -146,3 +146,19 @@ def test_mc_text_sample_asks_about_the_written_description_and_answers_its_lette
     assert len(letters) >= 3  # options are reshuffled: the answer is not always at one letter
     with pytest.raises(ValueError, match="four-option questions"):
         ds.mc_text_sample(pool[1:], np.random.default_rng(0), proc)
+
+
+def test_batches_move_to_the_model_device_and_collectives_stay_on_cpu_without_nccl():
+    from longvila.parallel.comm import collective_device
+    from longvila.pipelines.stages import to_model_device
+
+    batch = ds.pack([{"input_ids": torch.arange(3), "labels": torch.arange(3), "pixel_values": torch.zeros(1, 3, 4, 4),
+                      "num_frames": [1], "id": "a"}], "square")
+    batch["skipped"] = 0
+    on_meta = to_model_device(batch, torch.nn.Linear(2, 2, device="meta"))  # stands in for the rank's GPU
+    for k in ("input_ids", "labels", "position_ids", "pixel_values", "loss_weights"):
+        assert on_meta[k].device.type == "meta" and on_meta[k].shape == batch[k].shape, k
+    assert on_meta["sample_ids"] == ["a"] and on_meta["skipped"] == 0
+    same = to_model_device(batch, torch.nn.Linear(2, 2))
+    assert all(same[k] is batch[k] for k in batch)  # already on the CPU: nothing copied
+    assert collective_device().type == "cpu"  # no process group (or gloo): bookkeeping tensors on the CPU
