@@ -201,21 +201,23 @@ def loss_weights(labels: torch.Tensor, weighting: str) -> torch.Tensor:
 MC_TEXT_LEAD = "Read the description, then answer."
 
 
-def mc_text_sample(pool: tuple[dict[str, Any], ...], rng: np.random.Generator, processor) -> dict[str, Any]:
+def mc_text_sample(pool: tuple[dict[str, Any], ...], rng: np.random.Generator, processor,
+                   candidates: tuple[tuple[int, int], ...] | None = None) -> dict[str, Any]:
     """A text-only multiple-choice sample that teaches the answer format, not the perception: a record's
     ground-truth description (its caption, from its events) followed by one of its questions in the VideoMME
     four-option form, the options shuffled afresh, answered with the letter. Returns what ``encode_sample``
-    returns (no frames)."""
+    returns (no frames). ``candidates``: ``mc_candidates(pool)``, when the caller has computed it once."""
     from longvila.data import questions as Q
+    from longvila.eval.prompts import option_text
 
-    cands = _mc_candidates(pool)
+    cands = mc_candidates(pool) if candidates is None else candidates
     if not cands:
         raise ValueError("text multiple-choice samples need records with events and four-option questions "
                          "(the short_sft set)")
     i, j = cands[int(rng.integers(len(cands)))]
     rec = pool[i]["json"]
     qa = rec["qa"][j]
-    texts = [o.split(". ", 1)[1] for o in qa["options"]]
+    texts = [option_text(o) for o in qa["options"]]
     answer = texts[Q.LETTERS.index(qa["answer_letter"])]
     texts = [texts[k] for k in rng.permutation(len(texts))]
     options = [f"{Q.LETTERS[k]}. {t}" for k, t in enumerate(texts)]
@@ -227,15 +229,11 @@ def mc_text_sample(pool: tuple[dict[str, Any], ...], rng: np.random.Generator, p
             "id": f"mc-text-{rec.get('id')}-{j}", "truncated": False}
 
 
-_MC_CANDIDATES: dict[int, tuple[tuple[dict[str, Any], ...], tuple[tuple[int, int], ...]]] = {}
-
-
-def _mc_candidates(pool: tuple[dict[str, Any], ...]) -> tuple[tuple[int, int], ...]:
+def mc_candidates(pool: tuple[dict[str, Any], ...]) -> tuple[tuple[int, int], ...]:
     """(record, question) pairs of the pool's short records (image and short-video QA) with events and a
-    four-option question whose options differ; computed once per pool."""
-    key = id(pool)
-    if key in _MC_CANDIDATES and _MC_CANDIDATES[key][0] is pool:
-        return _MC_CANDIDATES[key][1]
+    four-option question whose options differ."""
+    from longvila.eval.prompts import option_text
+
     out = []
     for i, s in enumerate(pool):
         rec = s["json"]
@@ -244,10 +242,9 @@ def _mc_candidates(pool: tuple[dict[str, Any], ...]) -> tuple[tuple[int, int], .
         for j, qa in enumerate(rec.get("qa") or []):
             opts = qa.get("options") or []
             if (len(opts) == 4 and qa.get("answer_letter") and all(". " in o for o in opts)
-                    and len({o.split(". ", 1)[1] for o in opts}) == 4 and qa.get("type") not in ("summary",)):
+                    and len({option_text(o) for o in opts}) == 4):
                 out.append((i, j))
-    _MC_CANDIDATES[key] = (pool, tuple(out))
-    return _MC_CANDIDATES[key][1]
+    return tuple(out)
 
 
 def pack(items: list[dict[str, Any]], weighting: str = "token") -> dict[str, Any]:
@@ -292,6 +289,7 @@ def stream(data_root: str | Path, sets: tuple[str, ...], phase: Phase, seed: int
     from longvila.data.video_io import VideoError
 
     pool = load_pool(str(data_root), tuple(sets))
+    mc_cands = mc_candidates(pool) if mc_text_frac else ()
     m, skipped, truncated, seen = skip, 0, 0, 0
     while True:
         items = []
@@ -301,7 +299,7 @@ def stream(data_root: str | Path, sets: tuple[str, ...], phase: Phase, seed: int
             items.append(needle_sample(pool, phase.frames, rng, processor, mc_frac=needle_mc_frac))
         n_mc = min(int(mc_text_frac * phase.batch + rng.random()), phase.batch - n_needle) if mc_text_frac else 0
         for _ in range(n_mc):
-            items.append(mc_text_sample(pool, rng, processor))
+            items.append(mc_text_sample(pool, rng, processor, mc_cands))
         for i in rank_order(len(pool), seed, dp_rank, dp, m * phase.batch, phase.batch - n_needle - n_mc):
             seen += 1
             try:

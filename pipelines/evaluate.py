@@ -90,7 +90,8 @@ def short_video_qa(model, set_dir: Path, frames: int, limit: int, ctx) -> dict[s
     if dist.is_initialized() and ctx.world > 1:
         from longvila.parallel.comm import collective_device
 
-        right, ce = right.to(collective_device()), ce.to(collective_device())
+        dev = collective_device()
+        right, ce = right.to(dev), ce.to(dev)
         dist.all_reduce(right)
         dist.all_reduce(ce)
         right, ce = right.cpu(), ce.cpu()
