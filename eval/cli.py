@@ -37,7 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument("--nproc", type=int, default=1, help="ranks for the sharded forward pass")
     n.add_argument("--video", default=None, help="a video file as the haystack (default: held-out world video)")
     n.add_argument("--seed", type=int, default=0)
-    n.add_argument("--no-controls", action="store_true", help="skip the no-needle controls")
+    n.add_argument("--no-controls", action="store_true",
+                   help="skip the no-needle controls, the needle-alone cells and the reference reader")
+    n.add_argument("--reference-cards", type=int, default=4000,
+                   help="training cards of the reference reader (a pixel SVM); 0 skips it")
     n.add_argument("--result-name", default=None, help="leaderboard result name ('' to skip)")
     n.add_argument("--out", required=True)
     v = sub.add_parser("videomme", help="VideoMME-format frame sweep (embedded benchmark or the real layout)")
@@ -72,7 +75,8 @@ def _run(args: argparse.Namespace, command: str) -> int:
 
         cfg = needle.NeedleConfig(out=args.out, frames=args.frames, steps=args.steps, needles=args.needles,
                                   seed=args.seed, video=args.video, controls=not args.no_controls,
-                                  nproc=args.nproc, result_name=args.result_name, command=command)
+                                  nproc=args.nproc, result_name=args.result_name, command=command,
+                                  reference_cards=args.reference_cards)
         if args.nproc > 1:
             from longvila.eval.needle_sp import run_sharded
 
@@ -84,11 +88,15 @@ def _run(args: argparse.Namespace, command: str) -> int:
               f"{summary['control_accuracy']:.3f} (chance {summary['chance']:.3f})"
               + (f", needle alone {alone:.3f}" if alone is not None else "")
               + (f", on cards read alone {summary['if_read_accuracy']:.3f} ({summary['if_read_trials']} needles)"
-                 if summary.get("if_read_accuracy") is not None else "") + "; "
+                 if summary.get("if_read_accuracy") is not None else "")
+              + (f", reference reader {summary['reference_reader_accuracy']:.3f}"
+                 if summary.get("reference_reader_accuracy") is not None else "") + "; "
               f"{summary['computed_cells']} cells computed, {summary['reused_cells']} reused, "
               f"{summary['seconds']:.0f} s -> {Path(args.out) / 'needle.json'}")
+        per_read = summary.get("if_read_per_frames") or {}
         for n, a in summary["accuracy_per_frames"].items():
-            print(f"  {int(n):>6} frames: {a:.3f}")
+            r = per_read.get(n)
+            print(f"  {int(n):>6} frames: {a:.3f}" + (f"  (cards read alone: {r:.3f})" if r is not None else ""))
         return 0
     if args.cmd == "videomme":
         from longvila.eval import videomme

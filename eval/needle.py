@@ -17,7 +17,11 @@ Design choices:
   asked with no haystack at all ("needle alone"), the reading ceiling: handwriting by unseen writers is
   not always legible to the model, and the grid can only be read against what the card alone gives.
   ``if_read_accuracy`` (``acc_if_read``) is retrieval apart from reading: the grid accuracy over the needles
-  whose card (the very same image) the model reads right with no haystack.
+  whose card (the very same image) the model reads right with no haystack; ``if_read_per_frames`` gives it
+  per frame count, so where retrieval falls off is not hidden by which five cards a column happened to draw.
+- A reference reader for the same cards: an RBF SVM on pixels, per digit place, trained on cards written by
+  the training split's writers (``reference_reader_accuracy``, ``ref_reader``). Held-out writers are hard:
+  it says how far "needle alone" could go for any reader trained on the same writers.
 - Each cell is one JSON file written atomically as soon as it is scored, tagged with a signature of
   everything that decides it (model hash, haystack, codes); a rerun skips cells whose file matches, so an
   interrupted run resumes and a changed model recomputes.
@@ -59,6 +63,8 @@ class NeedleConfig:
     result_name: str | None = None  # leaderboard result name (default needle-<frames>); "" skips it
     command: str | None = None
     min_frames: int | None = None  # smallest count (default frames/steps)
+    # training cards of the reference reader (a pixel SVM, see reference_reader_accuracy); 0 skips it
+    reference_cards: int = 4000
 
 
 def frame_counts(cfg: NeedleConfig) -> list[int]:
@@ -118,12 +124,61 @@ def _haystack_key(cfg: NeedleConfig) -> str:
     return f"world:eval:{cfg.haystack_seed}"
 
 
-ALONE = "alone"  # the cell kind of the reading reference: the needle card with no haystack at all
+# Cell kinds: a needle at a depth in a haystack; the control (the haystack, no needle); the reading reference
+# (the needle card with no haystack at all).
+GRID, CONTROL, ALONE = "grid", "control", "alone"
 
 
-def _cell_path(cells_dir: Path, n: int, depth: float | str | None) -> Path:
-    kind = "control" if depth is None else ALONE if depth == ALONE else f"d{depth:.2f}"
-    return cells_dir / f"f{n:05d}-{kind}.json"
+@dataclass(frozen=True)
+class Unit:
+    """One cell of work: ``frames`` haystack frames, its ``kind``, and the needle depth (grid cells only)."""
+
+    frames: int
+    kind: str
+    depth: float | None = None
+
+    def path(self, cells_dir: Path) -> Path:
+        tag = f"d{self.depth:.2f}" if self.kind == GRID else self.kind
+        return cells_dir / f"f{self.frames:05d}-{tag}.json"
+
+
+def work_units(cfg: NeedleConfig, counts: list[int]) -> list[Unit]:
+    """The grid (every frame count x depth), then with ``controls`` the no-needle and needle-alone cells."""
+    units = [Unit(n, GRID, float(d)) for n in counts for d in cfg.depths]
+    if cfg.controls:
+        units += [Unit(n, CONTROL) for n in counts] + [Unit(n, ALONE) for n in counts]
+    return units
+
+
+def needle_cards(cfg: NeedleConfig, n: int, codes: list[str]) -> np.ndarray:
+    """The cards of the cells of n frames (uint8 (len(codes), H, W, 3)): held-out handwriting, one image per
+    (seed, frame count, code), shared by the depths and the needle-alone cell."""
+    from longvila.data import world
+
+    return np.stack([world.code_image(c, "eval", np.random.default_rng([cfg.seed, n, int(c)])) for c in codes])
+
+
+def reference_reader_accuracy(cards: np.ndarray, codes: list[str], train_cards: int = 4000, seed: int = 0) -> float:
+    """Share of ``cards`` whose whole code a classic reader gets right: per digit place, an RBF SVM on the
+    pixels, trained on ``train_cards`` cards handwritten with the *training* split's digits (the writers the
+    model learns from). It says how legible the held-out handwriting is to a reader that has never seen those
+    writers, the ceiling a model trained on the same writers can be read against."""
+    from sklearn.svm import SVC
+
+    from longvila.data import world
+
+    if len(cards) != len(codes) or not len(codes):
+        raise ValueError(f"reference reader: {len(cards)} cards for {len(codes)} codes")
+    rng = np.random.default_rng([seed, 23])
+    train_codes = [f"{int(c):0{CODE_DIGITS}d}" for c in rng.integers(0, 10**CODE_DIGITS, train_cards)]
+    x = np.stack([world.code_image(c, "train", rng, *cards.shape[1:3]) for c in train_codes])
+    x = x.reshape(len(x), -1).astype(np.float32) / 255.0
+    test = cards.reshape(len(cards), -1).astype(np.float32) / 255.0
+    ok = np.ones(len(codes), bool)
+    for place in range(CODE_DIGITS):
+        svm = SVC(C=10.0, gamma="scale").fit(x, [c[place] for c in train_codes])
+        ok &= svm.predict(test) == np.array([c[place] for c in codes])
+    return float(ok.mean())
 
 
 def _signature(*parts) -> str:
@@ -191,8 +246,6 @@ def run(cfg: NeedleConfig, lm: runner.LoadedModel | None = None, ckpt: str | Non
     ``mesh``: an MM-SP mesh (``longvila.parallel``) to shard the forward pass over; every rank of it calls
     ``run`` with the same config, and rank 0 writes the files (see ``needle_sp.run_sharded``).
     """
-    from longvila.data import world
-
     if lm is None:
         if ckpt is None:
             raise ValueError("needle.run: give a loaded model or a checkpoint folder")
@@ -205,45 +258,48 @@ def run(cfg: NeedleConfig, lm: runner.LoadedModel | None = None, ckpt: str | Non
     cache = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
     full, hit = runner.cached_embeddings(lm, cache, hay_key, cfg.frames, lambda: _haystack_frames(cfg, cfg.frames))
     scorer = _Scorer(lm, mesh)
-    units = [(n, d) for n in counts for d in cfg.depths]
-    if cfg.controls:
-        units += [(n, None) for n in counts] + [(n, ALONE) for n in counts]
+    units = work_units(cfg, counts)
+
+    def signature(u: Unit) -> str:
+        return _signature(lm.model_hash, hay_key, cfg.frames, u.frames, u.kind, u.depth,
+                          cell_codes(cfg.seed, u.frames, cfg.needles), cfg.seed)
+
     done = {}  # finished cells, read once before any work so that every rank skips the same ones
-    for n, depth in units:
-        path, sig = _cell_path(cells_dir, n, depth), _signature(lm.model_hash, hay_key, cfg.frames, n, depth,
-                                                                 cell_codes(cfg.seed, n, cfg.needles), cfg.seed)
+    for u in units:
+        path = u.path(cells_dir)
         try:
             cell = read_json(path) if path.is_file() else None
         except ValueError:
             cell = None  # a corrupt cell file is recomputed
-        if cell is not None and cell.get("signature") == sig:
-            done[(n, depth)] = cell
+        if cell is not None and cell.get("signature") == signature(u):
+            done[u] = cell
     cells = []
-    for n, depth in progress(units, desc="needle grid", unit="cell"):
-        if (n, depth) in done:
-            cells.append(done[(n, depth)])
+    for u in progress(units, desc="needle grid", unit="cell"):
+        if u in done:
+            cells.append(done[u])
             continue
-        codes = cell_codes(cfg.seed, n, cfg.needles)
-        path = _cell_path(cells_dir, n, depth)
-        sig = _signature(lm.model_hash, hay_key, cfg.frames, n, depth, codes, cfg.seed)
-        hay = full[torch.from_numpy(sample_indices(cfg.frames, n))]
-        if depth == ALONE:  # the same cards as the cells of n frames, asked with no haystack
+        codes = cell_codes(cfg.seed, u.frames, cfg.needles)
+        hay = full[torch.from_numpy(sample_indices(cfg.frames, u.frames))]
+        if u.kind == ALONE:  # the same cards as the cells of n frames, asked with no haystack
             hay = hay[:0]
         needle_emb = None
-        if depth is not None:
-            cards = np.stack([world.code_image(c, "eval", np.random.default_rng([cfg.seed, n, int(c)]))
-                              for c in codes])
-            needle_emb = runner.encode_frames(lm, cards)  # (needles, T, D)
-        correct, pred, where = score_cell(lm, scorer, hay, codes, 0.0 if depth == ALONE else depth, needle_emb)
-        cell = {"frames": n, "depth": None if depth == ALONE else depth, "control": depth is None,
-                "alone": depth == ALONE, "codes": codes, "correct": correct,
+        if u.kind != CONTROL:
+            needle_emb = runner.encode_frames(lm, needle_cards(cfg, u.frames, codes))  # (needles, T, D)
+        depth = {GRID: u.depth, CONTROL: None, ALONE: 0.0}[u.kind]
+        correct, pred, where = score_cell(lm, scorer, hay, codes, depth, needle_emb)
+        cell = {"frames": u.frames, "depth": u.depth, "control": u.kind == CONTROL,
+                "alone": u.kind == ALONE, "codes": codes, "correct": correct,
                 "predicted": pred, "needle_frame": where, "accuracy": base.accuracy(sum(correct), len(correct)),
-                "signature": sig}
+                "signature": signature(u)}
         if rank == 0:
-            atomic_write_json(path, cell)
+            atomic_write_json(u.path(cells_dir), cell)
         cells.append(cell)
     computed = len(units) - len(done)
     summary = summarize(cfg, cells, counts)
+    if cfg.controls and cfg.reference_cards and rank == 0:
+        codes = [c for n in counts for c in cell_codes(cfg.seed, n, cfg.needles)]
+        cards = np.concatenate([needle_cards(cfg, n, cell_codes(cfg.seed, n, cfg.needles)) for n in counts])
+        summary["reference_reader_accuracy"] = reference_reader_accuracy(cards, codes, cfg.reference_cards, cfg.seed)
     summary.update(computed_cells=computed, reused_cells=len(units) - computed, embeddings_cached=hit,
                    seconds=round(time.time() - t0, 2), model_hash=lm.model_hash, haystack=hay_key)
     if rank == 0:
@@ -270,12 +326,17 @@ def summarize(cfg: NeedleConfig, cells: list[dict], counts: list[int]) -> dict:
             for code, ok in zip(c["codes"], c["correct"], strict=True) if ok}
     if_read = [x for c in grid_cells for code, x in zip(c["codes"], c["correct"], strict=True)
                if (c["frames"], code) in read]
+    if_read_per_frames = {}  # where retrieval falls off, apart from which cards happen to be legible
+    for n in counts:
+        xs = [x for c in grid_cells if c["frames"] == n
+              for code, x in zip(c["codes"], c["correct"], strict=True) if (n, code) in read]
+        if_read_per_frames[str(n)] = base.accuracy(sum(xs), len(xs)) if xs else None
     return {"frame_counts": counts, "depths": list(cfg.depths), "grid": grid, "accuracy_per_frames": per_frames,
             "accuracy": base.accuracy(sum(hits), len(hits)), "trials": len(hits),
             "control_accuracy": base.accuracy(sum(ctrl), len(ctrl)), "control_trials": len(ctrl),
             "alone_accuracy": base.accuracy(sum(alone), len(alone)) if alone else None, "alone_trials": len(alone),
             "if_read_accuracy": base.accuracy(sum(if_read), len(if_read)) if if_read else None,
-            "if_read_trials": len(if_read),
+            "if_read_trials": len(if_read), "if_read_per_frames": if_read_per_frames if read else None,
             "chance": 1 / 10**CODE_DIGITS, "config": asdict(cfg)}
 
 
@@ -301,13 +362,20 @@ def write_outputs(cfg: NeedleConfig, summary: dict, lm: runner.LoadedModel) -> N
     heat = save_figure(fig, out / "heatmap.png")
     fig, ax = plt.subplots(figsize=(5, 3))
     ax.plot(counts, [summary["accuracy_per_frames"][str(c)] for c in counts], "o-", label="needle")
+    per_read = summary.get("if_read_per_frames") or {}
+    if any(v is not None for v in per_read.values()):
+        xs = [c for c in counts if per_read.get(str(c)) is not None]
+        ax.plot(xs, [per_read[str(c)] for c in xs], "s--", ms=3, label="needles whose card is read alone")
     if summary.get("alone_accuracy") is not None:
         ax.axhline(summary["alone_accuracy"], color="tab:green", ls=":", label="needle alone (no haystack)")
+    if summary.get("reference_reader_accuracy") is not None:
+        ax.axhline(summary["reference_reader_accuracy"], color="tab:purple", ls="-.",
+                   label="reference reader (pixel SVM), same cards")
     ax.axhline(summary["chance"], color="gray", ls="--", label="chance")
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("frames")
     ax.set_ylabel("accuracy")
-    ax.legend()
+    ax.legend(fontsize=7)
     curve = save_figure(fig, out / "per_frames.png")
     name = cfg.result_name if cfg.result_name is not None else f"needle-{cfg.frames}"
     if name:
@@ -318,10 +386,12 @@ def write_outputs(cfg: NeedleConfig, summary: dict, lm: runner.LoadedModel) -> N
             metrics["acc_alone"] = summary["alone_accuracy"]
         if summary.get("if_read_accuracy") is not None:
             metrics["acc_if_read"] = summary["if_read_accuracy"]
+        if summary.get("reference_reader_accuracy") is not None:
+            metrics["ref_reader"] = summary["reference_reader_accuracy"]
         metrics.update({f"acc@{n}": a for n, a in summary["accuracy_per_frames"].items()})
         write_result(name, "needle", metrics, details={k: summary[k] for k in (
-            "frame_counts", "depths", "grid", "trials", "control_trials", "alone_trials", "if_read_trials", "chance",
-            "seconds")},
+            "frame_counts", "depths", "grid", "trials", "control_trials", "alone_trials", "if_read_trials",
+            "if_read_per_frames", "chance", "seconds")},
             config={"model": str(lm.ckpt), "model_hash": lm.model_hash, **summary["config"]},
             seed=cfg.seed, command=cfg.command, plots={"heatmap": heat, "per_frames": curve},
             results_dir=os.environ.get("LONGVILA_RESULTS_DIR"))

@@ -94,7 +94,8 @@ def test_shared_prefix_scoring_equals_full(tiny_lm):
 
 
 def _cfg(tmp_path, **kw):
-    base = dict(out=str(tmp_path / "needle"), frames=40, steps=2, needles=3, depths=(0.0, 0.5, 1.0), seed=0)
+    base = dict(out=str(tmp_path / "needle"), frames=40, steps=2, needles=3, depths=(0.0, 0.5, 1.0), seed=0,
+                reference_cards=0)
     base.update(kw)
     return needle.NeedleConfig(**base)
 
@@ -116,7 +117,7 @@ def test_grid_oracle_and_control(tiny_lm, tmp_path, monkeypatch):
         return torch.where(torch.tensor(ok)[:, None], targets, wrong)  # predicted answer ids
 
     monkeypatch.setattr(needle._Scorer, "__call__", oracle)
-    s = needle.run(_cfg(tmp_path), lm=tiny_lm)
+    s = needle.run(_cfg(tmp_path, reference_cards=300), lm=tiny_lm)
     assert s["accuracy"] == 1.0 and s["trials"] == 2 * 3 * 3
     assert s["control_accuracy"] == 0.0 and s["control_trials"] == 2 * 3
     # the needle-alone reference (the same cards, no haystack) is reported apart from the grid
@@ -127,6 +128,9 @@ def test_grid_oracle_and_control(tiny_lm, tmp_path, monkeypatch):
     assert res["metrics"]["accuracy"] == 1.0 and res["metrics"]["control"] == 0.0
     assert res["metrics"]["acc_alone"] == 1.0 and res["metrics"]["acc_if_read"] == 1.0
     assert res["metrics"]["acc@40"] == 1.0 and "heatmap" in res["plots"]
+    assert res["details"]["if_read_per_frames"] == {"20": 1.0, "40": 1.0}
+    assert res["metrics"]["ref_reader"] == s["reference_reader_accuracy"]
+    assert 0.0 <= s["reference_reader_accuracy"] <= 1.0
 
 
 def test_if_read_accuracy_counts_only_cards_read_alone(tmp_path):
@@ -145,7 +149,33 @@ def test_if_read_accuracy_counts_only_cards_read_alone(tmp_path):
     assert s["accuracy"] == 4 / 8 and s["alone_accuracy"] == 2 / 4 and s["control_accuracy"] == 0.0
     # read alone: (20, "222") and (40, "111") -> grid answers True, False (frames 20) and False, False (40)
     assert s["if_read_trials"] == 4 and s["if_read_accuracy"] == 1 / 4
+    assert s["if_read_per_frames"] == {"20": 0.5, "40": 0.0}
     assert s["grid"] == [[1.0, 0.5], [0.5, 0.0]]
+
+
+def test_reference_reader():
+    """The pixel-SVM reference reads cards of the writers it trained on, fails when the codes do not match
+    the cards, and refuses mismatched inputs."""
+    rng = np.random.default_rng(5)
+    codes = [f"{int(c):03d}" for c in rng.integers(0, 1000, 40)]
+    cards = np.stack([world.code_image(c, "train", rng) for c in codes])
+    assert needle.reference_reader_accuracy(cards, codes, train_cards=1500) >= 0.8
+    shifted = ["".join(str((int(d) + 1) % 10) for d in c) for c in codes]
+    assert needle.reference_reader_accuracy(cards, shifted, train_cards=1500) <= 0.1
+    with pytest.raises(ValueError, match="3 cards for 40 codes"):
+        needle.reference_reader_accuracy(cards[:3], codes)
+
+
+def test_work_units_and_cell_files(tmp_path):
+    """Every (frame count, depth) is a grid cell; controls add one no-needle and one needle-alone cell per
+    frame count, each with its own file."""
+    cfg = _cfg(tmp_path)
+    units = needle.work_units(cfg, [20, 40])
+    assert [(u.frames, u.kind, u.depth) for u in units[:3]] == [(20, "grid", 0.0), (20, "grid", 0.5), (20, "grid", 1.0)]
+    assert sum(u.kind == "control" for u in units) == 2 and sum(u.kind == "alone" for u in units) == 2
+    names = {u.path(tmp_path).name for u in units}
+    assert len(names) == len(units) and "f00020-d0.50.json" in names and "f00040-alone.json" in names
+    assert len(needle.work_units(_cfg(tmp_path, controls=False), [20, 40])) == 6
 
 
 def test_resume_computes_only_missing_cells(tiny_lm, tmp_path, monkeypatch):
