@@ -238,8 +238,10 @@ def compose_questions(clips: Sequence[str] | Sequence[Sequence[Event | dict]], s
             scenes = sum(f["kind"] == "cut" for _, _, f in events_only)
             if scenes:
                 qs.append(("How many scenes are in the video?", scenes))
-            for i in pick(len(qs)):
-                q, n = qs[i]
+            # always asked first: in a short clip every kind of object appears once, so the questions above
+            # all answer 1, while the number of appearances of any object varies from clip to clip
+            total = [("How many times does an object appear in the video?", sum(appear.values()))] if appear else []
+            for q, n in (total + [qs[i] for i in pick(len(qs))])[:per_type]:
                 out.append(_qa(rng, "counting", q, str(n), [str(k) for k in range(max(1, n - 3), n + 5)]))
         elif t == "code":
             codes = [f["code"] for _, _, f in events_only if f["kind"] == "code"]

@@ -7,7 +7,8 @@ Design choices:
   ``<|im_end|>``) is the reference token. That is greedy decoding's answer without the decode loop.
 - Chance is stated two ways, computed from the evaluated questions themselves: uniform guessing among the
   answers seen for the question's type (``chance``), and always giving the type's most common answer
-  (``majority``). Per-type accuracies are reported too.
+  (``majority``). Per-type accuracies are reported too; a type whose questions all share one answer is
+  named (``single_answer_types``, and a warning), since its accuracy says nothing.
 - The questions are split over all ranks (any layout), each rank runs plain one-rank attention, and the
   counts are summed; the model's SP attention is switched back to the stage mesh afterwards.
 """
@@ -15,6 +16,7 @@ Design choices:
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ import torch.distributed as dist
 from longvila.pipelines.datasource import _image, frame_indices
 
 IM_END = "<|im_end|>"
+log = logging.getLogger(__name__)
 
 
 def qa_pairs(record: dict[str, Any]) -> list[tuple[str, str]]:
@@ -98,20 +101,37 @@ def short_video_qa(model, set_dir: Path, frames: int, limit: int, ctx) -> dict[s
     if ctx.mesh is not None:
         apply_sequence_parallel(model, ctx.mesh)
 
+    typed = [(str(rec.get("type") or rec.get("question_type") or "all"), a) for _, rec, _, a in items]
+    stats = qa_stats(typed, right.tolist())
+    if stats["single_answer_types"]:
+        log.warning("%s: every question of type(s) %s has the same answer; their accuracy says nothing",
+                    set_dir, stats["single_answer_types"])
+    return {
+        "set": set_dir.name, "questions": len(items), "frames": frames, "accuracy": float(right.mean()),
+        "loss": float(ce[0] / ce[1]),  # mean cross-entropy per answer token (with <|im_end|>), the training loss
+        **stats, "metric": "exact match, teacher-forced argmax over the answer tokens",
+    }
+
+
+def qa_stats(typed: list[tuple[str, str]], right: list[float]) -> dict[str, Any]:
+    """Chance, majority and per-type figures of (question type, reference answer) pairs scored ``right``.
+
+    ``chance``: guessing uniformly among the answers seen for the question's type; ``majority``: always the
+    type's most common answer. A type whose questions all share one answer measures nothing (chance 100%):
+    it is listed in ``single_answer_types`` so that it cannot hide in the overall figure."""
+    if len(typed) != len(right) or not typed:
+        raise ValueError(f"qa_stats: {len(typed)} questions, {len(right)} scores")
     by_type: dict[str, list[float]] = defaultdict(list)
     answers: dict[str, Counter] = defaultdict(Counter)
-    for (_, rec, _, a), r in zip(items, right.tolist(), strict=True):
-        t = str(rec.get("type") or rec.get("question_type") or "all")
+    for (t, a), r in zip(typed, right, strict=True):
         by_type[t].append(r)
         answers[t][a] += 1
-    n = len(items)
-    chance = sum(len(v) / len(answers[t]) for t, v in by_type.items()) / n
-    majority = sum(answers[t].most_common(1)[0][1] for t in by_type) / n
+    n = len(typed)
     return {
-        "set": set_dir.name, "questions": n, "frames": frames, "accuracy": float(right.mean()),
-        "loss": float(ce[0] / ce[1]),  # mean cross-entropy per answer token (with <|im_end|>), the training loss
-        "chance": chance, "majority": majority,
-        "per_type": {t: {"n": len(v), "accuracy": sum(v) / len(v), "chance": 1 / len(answers[t])}
+        "chance": sum(len(v) / len(answers[t]) for t, v in by_type.items()) / n,
+        "majority": sum(answers[t].most_common(1)[0][1] for t in by_type) / n,
+        "single_answer_types": sorted(t for t in by_type if len(answers[t]) == 1 and len(by_type[t]) > 1),
+        "per_type": {t: {"n": len(v), "accuracy": sum(v) / len(v), "chance": 1 / len(answers[t]),
+                         "majority": answers[t].most_common(1)[0][1] / len(v)}
                      for t, v in sorted(by_type.items())},
-        "metric": "exact match, teacher-forced argmax over the answer tokens",
     }

@@ -127,3 +127,18 @@ def test_sp_loss_scale_turns_world_mean_into_sum_over_sp_mean_over_dp():
     losses = [[0.5, 1.0, 2.0], [1.5, 0.25, 0.25]]
     engine_mean = sum(sp_loss_scale(sp) * x for row in losses for x in row) / (dp * sp)
     assert engine_mean == pytest.approx(sum(sum(row) for row in losses) / dp)
+
+
+def test_qa_stats_chance_majority_and_single_answer_types():
+    """Chance = uniform over a type's answers, majority = its most common answer; a type with one answer
+    for all its questions is named."""
+    from longvila.pipelines.evaluate import qa_stats
+
+    typed = [("color", "red"), ("color", "red"), ("color", "blue"), ("color", "green"),
+             ("counting", "1"), ("counting", "1")]
+    s = qa_stats(typed, [1, 0, 0, 1, 1, 1])
+    assert s["chance"] == pytest.approx((4 / 3 + 2 / 1) / 6) and s["majority"] == pytest.approx((2 + 2) / 6)
+    assert s["single_answer_types"] == ["counting"]
+    assert s["per_type"]["color"] == {"n": 4, "accuracy": 0.5, "chance": 1 / 3, "majority": 0.5}
+    with pytest.raises(ValueError, match="3 questions, 2 scores"):
+        qa_stats(typed[:3], [1, 0])
