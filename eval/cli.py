@@ -38,7 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument("--video", default=None, help="a video file as the haystack (default: held-out world video)")
     n.add_argument("--seed", type=int, default=0)
     n.add_argument("--no-controls", action="store_true",
-                   help="skip the no-needle controls, the needle-alone cells and the reference reader")
+                   help="skip the no-needle controls, the reading-reference cells and the reference reader")
+    n.add_argument("--reference-frames", type=int, default=32,
+                   help="haystack frames of the reading-reference cells (0: the card alone)")
     n.add_argument("--reference-cards", type=int, default=4000,
                    help="training cards of the reference reader (a pixel SVM); 0 skips it")
     n.add_argument("--result-name", default=None, help="leaderboard result name ('' to skip)")
@@ -76,18 +78,18 @@ def _run(args: argparse.Namespace, command: str) -> int:
         cfg = needle.NeedleConfig(out=args.out, frames=args.frames, steps=args.steps, needles=args.needles,
                                   seed=args.seed, video=args.video, controls=not args.no_controls,
                                   nproc=args.nproc, result_name=args.result_name, command=command,
-                                  reference_cards=args.reference_cards)
+                                  reference_cards=args.reference_cards, reference_frames=args.reference_frames)
         if args.nproc > 1:
             from longvila.eval.needle_sp import run_sharded
 
             summary = run_sharded(cfg, args.ckpt)
         else:
             summary = needle.run(cfg, ckpt=args.ckpt)
-        alone = summary.get("alone_accuracy")
+        ref = summary.get("read_accuracy")
         print(f"needle: accuracy {summary['accuracy']:.3f} over {summary['trials']} needles, no-needle control "
               f"{summary['control_accuracy']:.3f} (chance {summary['chance']:.3f})"
-              + (f", needle alone {alone:.3f}" if alone is not None else "")
-              + (f", on cards read alone {summary['if_read_accuracy']:.3f} ({summary['if_read_trials']} needles)"
+              + (f", reading reference {ref:.3f} ({args.reference_frames}-frame haystack)" if ref is not None else "")
+              + (f", on cards read there {summary['if_read_accuracy']:.3f} ({summary['if_read_trials']} needles)"
                  if summary.get("if_read_accuracy") is not None else "")
               + (f", reference reader {summary['reference_reader_accuracy']:.3f}"
                  if summary.get("reference_reader_accuracy") is not None else "") + "; "
@@ -96,7 +98,7 @@ def _run(args: argparse.Namespace, command: str) -> int:
         per_read = summary.get("if_read_per_frames") or {}
         for n, a in summary["accuracy_per_frames"].items():
             r = per_read.get(n)
-            print(f"  {int(n):>6} frames: {a:.3f}" + (f"  (cards read alone: {r:.3f})" if r is not None else ""))
+            print(f"  {int(n):>6} frames: {a:.3f}" + (f"  (cards read in the reference: {r:.3f})" if r is not None else ""))
         return 0
     if args.cmd == "videomme":
         from longvila.eval import videomme

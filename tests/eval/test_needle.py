@@ -120,34 +120,35 @@ def test_grid_oracle_and_control(tiny_lm, tmp_path, monkeypatch):
     s = needle.run(_cfg(tmp_path, reference_cards=300), lm=tiny_lm)
     assert s["accuracy"] == 1.0 and s["trials"] == 2 * 3 * 3
     assert s["control_accuracy"] == 0.0 and s["control_trials"] == 2 * 3
-    # the needle-alone reference (the same cards, no haystack) is reported apart from the grid
-    assert s["alone_accuracy"] == 1.0 and s["alone_trials"] == 2 * 3
+    # the reading reference (the same cards in a short haystack) is reported apart from the grid
+    assert s["read_accuracy"] == 1.0 and s["read_trials"] == 2 * 3
     assert s["grid"] == [[1.0, 1.0]] * 3
     assert (tmp_path / "needle" / "heatmap.png").stat().st_size > 1000
     res = json.loads((tmp_path / "results" / "needle-40.json").read_text())
     assert res["metrics"]["accuracy"] == 1.0 and res["metrics"]["control"] == 0.0
-    assert res["metrics"]["acc_alone"] == 1.0 and res["metrics"]["acc_if_read"] == 1.0
+    assert res["metrics"]["acc_read"] == 1.0 and res["metrics"]["acc_if_read"] == 1.0
     assert res["metrics"]["acc@40"] == 1.0 and "heatmap" in res["plots"]
     assert res["details"]["if_read_per_frames"] == {"20": 1.0, "40": 1.0}
     assert res["metrics"]["ref_reader"] == s["reference_reader_accuracy"]
     assert 0.0 <= s["reference_reader_accuracy"] <= 1.0
 
 
-def test_if_read_accuracy_counts_only_cards_read_alone(tmp_path):
-    """acc_if_read: grid needles whose very card (same frame count, same code) is read right alone."""
+def test_if_read_accuracy_counts_only_cards_read_in_the_reference(tmp_path):
+    """acc_if_read: grid needles whose very card (same frame count, same code) is read right in the
+    reading-reference cell."""
     cfg = _cfg(tmp_path, depths=(0.0, 1.0))
 
-    def cell(n, depth, correct, alone=False, control=False):
-        return {"frames": n, "depth": depth, "control": control, "alone": alone, "codes": ["111", "222"],
+    def cell(n, depth, correct, read=False, control=False):
+        return {"frames": n, "depth": depth, "control": control, "read": read, "codes": ["111", "222"],
                 "correct": correct, "accuracy": sum(correct) / 2}
 
     cells = [cell(20, 0.0, [True, True]), cell(20, 1.0, [True, False]), cell(40, 0.0, [False, True]),
              cell(40, 1.0, [False, False]),
-             cell(20, None, [False, True], alone=True), cell(40, None, [True, False], alone=True),
+             cell(20, None, [False, True], read=True), cell(40, None, [True, False], read=True),
              cell(20, None, [False, False], control=True), cell(40, None, [False, False], control=True)]
     s = needle.summarize(cfg, cells, [20, 40])
-    assert s["accuracy"] == 4 / 8 and s["alone_accuracy"] == 2 / 4 and s["control_accuracy"] == 0.0
-    # read alone: (20, "222") and (40, "111") -> grid answers True, False (frames 20) and False, False (40)
+    assert s["accuracy"] == 4 / 8 and s["read_accuracy"] == 2 / 4 and s["control_accuracy"] == 0.0
+    # read in the reference: (20, "222") and (40, "111") -> grid answers True, False (frames 20) and False, False (40)
     assert s["if_read_trials"] == 4 and s["if_read_accuracy"] == 1 / 4
     assert s["if_read_per_frames"] == {"20": 0.5, "40": 0.0}
     assert s["grid"] == [[1.0, 0.5], [0.5, 0.0]]
@@ -167,14 +168,14 @@ def test_reference_reader():
 
 
 def test_work_units_and_cell_files(tmp_path):
-    """Every (frame count, depth) is a grid cell; controls add one no-needle and one needle-alone cell per
-    frame count, each with its own file."""
+    """Every (frame count, depth) is a grid cell; controls add one no-needle and one reading-reference cell
+    per frame count, each with its own file."""
     cfg = _cfg(tmp_path)
     units = needle.work_units(cfg, [20, 40])
     assert [(u.frames, u.kind, u.depth) for u in units[:3]] == [(20, "grid", 0.0), (20, "grid", 0.5), (20, "grid", 1.0)]
-    assert sum(u.kind == "control" for u in units) == 2 and sum(u.kind == "alone" for u in units) == 2
+    assert sum(u.kind == "control" for u in units) == 2 and sum(u.kind == "read" for u in units) == 2
     names = {u.path(tmp_path).name for u in units}
-    assert len(names) == len(units) and "f00020-d0.50.json" in names and "f00040-alone.json" in names
+    assert len(names) == len(units) and "f00020-d0.50.json" in names and "f00040-read.json" in names
     assert len(needle.work_units(_cfg(tmp_path, controls=False), [20, 40])) == 6
 
 
@@ -197,10 +198,13 @@ def test_resume_computes_only_missing_cells(tiny_lm, tmp_path, monkeypatch):
     assert not list((tmp_path / "needle" / "cells").glob(".*"))
     monkeypatch.setattr(needle._Scorer, "__call__", real)
     s = needle.run(cfg, lm=tiny_lm)
-    total = 2 * 3 + 2 + 2  # grid cells, controls, needle-alone cells
+    total = 2 * 3 + 2 + 2  # grid cells, controls, reading-reference cells
     assert s["computed_cells"] == total - 4 and s["reused_cells"] == 4 and s["embeddings_cached"]
     again = needle.run(cfg, lm=tiny_lm)
     assert again["computed_cells"] == 0 and again["grid"] == s["grid"]
+    # the reading reference with another haystack length: only its cells are recomputed
+    alone = needle.run(_cfg(tmp_path, result_name="", reference_frames=0), lm=tiny_lm)
+    assert alone["computed_cells"] == 2 and alone["read_trials"] == 2 * 3
     # a different seed changes the codes: every cell is recomputed, none reused by mistake
     other = needle.run(_cfg(tmp_path, result_name="", seed=5), lm=tiny_lm)
     assert other["computed_cells"] == total
