@@ -23,7 +23,7 @@ Design choices:
   right in the reference cell; ``if_read_per_frames`` gives it per frame count, so where retrieval falls off
   is not hidden by which five cards a column happened to draw.
 - A reference reader for the same cards: an RBF SVM on pixels, per digit place, trained on cards written by
-  the training split's writers (``reference_reader_accuracy``, ``ref_reader``). Held-out writers are hard:
+  the training split's writers (``reference_reader_accuracy``, ``acc_ref_reader``). Held-out writers are hard:
   it says how far the reading reference could go for any reader trained on the same writers.
 - Each cell is one JSON file written atomically as soon as it is scored, tagged with a signature of
   everything that decides it (model hash, haystack, codes); a rerun skips cells whose file matches, so an
@@ -394,7 +394,7 @@ def write_outputs(cfg: NeedleConfig, summary: dict, lm: runner.LoadedModel) -> N
         if summary.get("if_read_accuracy") is not None:
             metrics["acc_if_read"] = summary["if_read_accuracy"]
         if summary.get("reference_reader_accuracy") is not None:
-            metrics["ref_reader"] = summary["reference_reader_accuracy"]
+            metrics["acc_ref_reader"] = summary["reference_reader_accuracy"]
         metrics.update({f"acc@{n}": a for n, a in summary["accuracy_per_frames"].items()})
         write_result(name, "needle", metrics, details={k: summary[k] for k in (
             "frame_counts", "depths", "grid", "trials", "control_trials", "read_trials", "if_read_trials",

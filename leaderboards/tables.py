@@ -34,7 +34,7 @@ TITLES = {
 ORDER = ["needle", "videomme", "training", "sp_bench", "data_bench"]
 # Headline columns per benchmark: exact metric names, or regular expressions (compiled) matched in name order.
 HEADLINES: dict[str, list[str | re.Pattern]] = {
-    "needle": ["accuracy", "control", "acc_read", "acc_if_read", "ref_reader"],
+    "needle": ["accuracy", "control", "acc_read", "acc_if_read", "acc_ref_reader"],
     "videomme": ["accuracy", "acc_short", "acc_medium", "acc_long", "blind", "chance", "acc_ll", "acc_ll_long"],
     "training": ["steps", "tokens", "time_s", "loss_first", "loss_last", "qa_accuracy"],
     "sp_bench": [re.compile(r"^speedup_balanced_vs_token"), re.compile(r"^speedup_.*fwdbwd$"),

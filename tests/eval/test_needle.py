@@ -129,7 +129,7 @@ def test_grid_oracle_and_control(tiny_lm, tmp_path, monkeypatch):
     assert res["metrics"]["acc_read"] == 1.0 and res["metrics"]["acc_if_read"] == 1.0
     assert res["metrics"]["acc@40"] == 1.0 and "heatmap" in res["plots"]
     assert res["details"]["if_read_per_frames"] == {"20": 1.0, "40": 1.0}
-    assert res["metrics"]["ref_reader"] == s["reference_reader_accuracy"]
+    assert res["metrics"]["acc_ref_reader"] == s["reference_reader_accuracy"]
     assert 0.0 <= s["reference_reader_accuracy"] <= 1.0
 
 
