@@ -284,10 +284,9 @@ def run(cfg: NeedleConfig, lm: runner.LoadedModel | None = None, ckpt: str | Non
             cells.append(done[u])
             continue
         codes = cell_codes(cfg.seed, u.frames, cfg.needles)
-        hay = full[torch.from_numpy(sample_indices(cfg.frames, u.frames))]
-        if u.kind == READ:  # the same cards as the cells of n frames, in a short haystack
-            hay = full[torch.from_numpy(sample_indices(cfg.frames, min(cfg.reference_frames, cfg.frames)))]
-            hay = hay if cfg.reference_frames else hay[:0]
+        # the reading reference: the same cards as the cells of n frames, in a short haystack (0: none)
+        n_hay = min(cfg.reference_frames, cfg.frames) if u.kind == READ else u.frames
+        hay = full[torch.from_numpy(sample_indices(cfg.frames, n_hay))]
         needle_emb = None
         if u.kind != CONTROL:
             needle_emb = runner.encode_frames(lm, needle_cards(cfg, u.frames, codes))  # (needles, T, D)
@@ -303,9 +302,10 @@ def run(cfg: NeedleConfig, lm: runner.LoadedModel | None = None, ckpt: str | Non
     computed = len(units) - len(done)
     summary = summarize(cfg, cells, counts)
     if cfg.controls and cfg.reference_cards and rank == 0:
-        codes = [c for n in counts for c in cell_codes(cfg.seed, n, cfg.needles)]
-        cards = np.concatenate([needle_cards(cfg, n, cell_codes(cfg.seed, n, cfg.needles)) for n in counts])
-        summary["reference_reader_accuracy"] = reference_reader_accuracy(cards, codes, cfg.reference_cards, cfg.seed)
+        per_count = [(n, cell_codes(cfg.seed, n, cfg.needles)) for n in counts]
+        cards = np.concatenate([needle_cards(cfg, n, codes) for n, codes in per_count])
+        summary["reference_reader_accuracy"] = reference_reader_accuracy(
+            cards, [c for _, codes in per_count for c in codes], cfg.reference_cards, cfg.seed)
     summary.update(computed_cells=computed, reused_cells=len(units) - computed, embeddings_cached=hit,
                    seconds=round(time.time() - t0, 2), model_hash=lm.model_hash, haystack=hay_key)
     if rank == 0:
@@ -330,13 +330,11 @@ def summarize(cfg: NeedleConfig, cells: list[dict], counts: list[int]) -> dict:
     # same card image: cards depend on the frame count and the code only)
     read = {(c["frames"], code) for c in cells if c.get("read")
             for code, ok in zip(c["codes"], c["correct"], strict=True) if ok}
-    if_read = [x for c in grid_cells for code, x in zip(c["codes"], c["correct"], strict=True)
-               if (c["frames"], code) in read]
-    if_read_per_frames = {}  # where retrieval falls off, apart from which cards happen to be legible
-    for n in counts:
-        xs = [x for c in grid_cells if c["frames"] == n
-              for code, x in zip(c["codes"], c["correct"], strict=True) if (n, code) in read]
-        if_read_per_frames[str(n)] = base.accuracy(sum(xs), len(xs)) if xs else None
+    # per frame count too: where retrieval falls off, apart from which cards happen to be legible
+    if_read_at = {n: [x for c in grid_cells if c["frames"] == n
+                      for code, x in zip(c["codes"], c["correct"], strict=True) if (n, code) in read] for n in counts}
+    if_read = [x for xs in if_read_at.values() for x in xs]
+    if_read_per_frames = {str(n): base.accuracy(sum(xs), len(xs)) if xs else None for n, xs in if_read_at.items()}
     return {"frame_counts": counts, "depths": list(cfg.depths), "grid": grid, "accuracy_per_frames": per_frames,
             "accuracy": base.accuracy(sum(hits), len(hits)), "trials": len(hits),
             "control_accuracy": base.accuracy(sum(ctrl), len(ctrl)), "control_trials": len(ctrl),
