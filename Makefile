@@ -47,8 +47,10 @@ tokenizer: setup
 train-all-stages: setup
 	$(LV) train all --data $(ART)/data --out $(ART)/ckpt --nproc $(NPROC)
 
+# printed needle cards (the retrieval test), then cards handwritten by held-out writers (reading as well)
 needle: setup
 	$(LV) eval needle --ckpt $(ART)/ckpt/stage5 --frames $(FRAMES) --nproc $(NPROC) --out $(ART)/eval/needle
+	$(LV) eval needle --ckpt $(ART)/ckpt/stage5 --frames $(FRAMES) --nproc $(NPROC) --style hand --out $(ART)/eval/needle-hand
 
 videomme: setup
 	$(LV) eval videomme --ckpt $(ART)/ckpt/stage5 --out $(ART)/eval/videomme

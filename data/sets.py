@@ -111,6 +111,9 @@ class BuildConfig:
     height: int = 32
     width: int = 32
     fps: float = 2.0
+    # share of code cards written by hand (held-out writers in the eval sets); the rest are printed
+    # (``world.code_image``): the needle evaluation asks for both
+    card_hand_frac: float = 0.5
     align: AlignConfig = field(default_factory=AlignConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     short_sft: ShortSFTConfig = field(default_factory=ShortSFTConfig)
@@ -125,6 +128,10 @@ class BuildConfig:
 
     def world_opts(self) -> dict[str, Any]:
         return {"height": self.height, "width": self.width, "fps": self.fps}
+
+    def card_style(self, rng: np.random.Generator) -> str:
+        """The style of one code card: "hand" with probability ``card_hand_frac``, else "print"."""
+        return "hand" if rng.random() < self.card_hand_frac else "print"
 
 
 def world_seed(cfg: BuildConfig, set_name: str, index: int) -> int:
@@ -170,7 +177,7 @@ def sample_align(cfg: BuildConfig, index: int, set_name: str = "align") -> dict[
     rng = np.random.default_rng([seed, 3])
     if rng.random() < cfg.set_config(set_name).code_frac:  # a code card: its caption is its code
         code = "".join(map(str, rng.integers(0, 10, 3)))
-        frame = world.code_image(code, split_of(set_name), rng, cfg.height, cfg.width)
+        frame = world.code_image(code, split_of(set_name), rng, cfg.height, cfg.width, cfg.card_style(rng))
         events = [world.Event(frame=0, time=0.0, kind="code", code=code, end_frame=0)]
         cap = Q.sentence(events[0])
     else:
@@ -206,7 +213,8 @@ def _short_video(cfg: BuildConfig, set_name: str, index: int, frames_range, code
     rng = np.random.default_rng([seed, 1])
     n = int(rng.integers(frames_range[0], frames_range[1] + 1))
     code = "".join(map(str, rng.integers(0, 10, 3))) if rng.random() < code_prob else None
-    v = world.make_video(seed, n, split_of(set_name), code=code, digit_prob=0.35, **cfg.world_opts())
+    v = world.make_video(seed, n, split_of(set_name), code=code, code_style=cfg.card_style(rng), digit_prob=0.35,
+                         **cfg.world_opts())
     return seed, rng, v
 
 
@@ -345,7 +353,7 @@ def sample_long_sft(cfg: BuildConfig, index: int, captioner=None) -> dict[str, A
     rng = np.random.default_rng([seed, 0])
     n = int(round(np.exp(rng.uniform(np.log(c.min_frames), np.log(c.max_frames)))))
     code = "".join(map(str, rng.integers(0, 10, 3))) if rng.random() < c.code_prob else None
-    v = world.make_video(seed, n, "train", code=code, **cfg.world_opts())
+    v = world.make_video(seed, n, "train", code=code, code_style=cfg.card_style(rng), **cfg.world_opts())
     captioner = captioner or load_captioner(c.captioner)
     bounds = clip_bounds(n, c.clip_frames)
     if captioner is None:

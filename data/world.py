@@ -122,6 +122,7 @@ class WorldOptions:
     code: str | None = None  # a needle code shown as a card ...
     code_frame: int | None = None  # ... at this frame (random if None)
     code_frames: int = 1  # ... for this many frames
+    code_style: str = "print"  # ... printed or handwritten (``CARD_STYLES``)
     render: bool = True  # False: event log only, ``frames`` is empty (0, H, W, 3) (text-only uses)
 
 
@@ -266,30 +267,111 @@ def object_ink_mask(event: Event | dict, height: int = 32, width: int = 32) -> n
     return canvas[..., 0] == 255
 
 
-def code_image(code: str, split: str = "eval", rng: np.random.Generator | int | None = None,
-               height: int = 32, width: int = 32) -> np.ndarray:
-    """A needle card: ``code`` (digits) handwritten with ``split``'s digits, dark ink on white paper.
+# Printed cards use the typefaces matplotlib bundles (a dependency, so every install has the same files):
+# upright regular and bold cuts of five families. A printed digit is legible to any reader (a pixel SVM
+# trained on other renderings reads 99.95% of them); what a printed card holds out is its code and its
+# rendering (typeface, size, offset and ink drawn afresh), not the glyph shapes.
+PRINT_FONTS = ("DejaVuSans", "DejaVuSans-Bold", "DejaVuSansMono", "DejaVuSansMono-Bold", "DejaVuSerif",
+               "DejaVuSerif-Bold", "STIXGeneral", "STIXGeneralBol", "cmr10", "cmb10", "cmss10", "cmtt10")
+CARD_STYLES = ("print", "hand")
 
-    Returns (H, W, 3) uint8. Up to 3 digits are legible at 32x32 (each digit ~10 px wide, 14 px tall).
+
+@functools.lru_cache(maxsize=256)
+def _font(name: str, size: int):
+    import os
+
+    import matplotlib
+    from PIL import ImageFont
+
+    return ImageFont.truetype(os.path.join(matplotlib.get_data_path(), "fonts", "ttf", f"{name}.ttf"), size)
+
+
+@functools.lru_cache(maxsize=32)
+def _digit_height(name: str) -> float:
+    """Height of the digits' ink box per point of font size."""
+    from PIL import Image, ImageDraw
+
+    box = ImageDraw.Draw(Image.new("L", (1, 1))).textbbox((0, 0), "0123456789", font=_font(name, 100))
+    return (box[3] - box[1]) / 100.0
+
+
+@functools.lru_cache(maxsize=4096)
+def _print_bitmap(font: str, size: int, digit: int, side: int, margin: int) -> np.ndarray:
+    """``digit`` in ``font`` at ``size`` points, centred in a side x side box with ``margin`` pixels around it:
+    float32 (side + 2 margin, side + 2 margin) in [0, 1]. Cached: a card only shifts and inks it."""
+    from PIL import Image, ImageDraw
+
+    im = Image.new("L", (side + 2 * margin, side + 2 * margin), 0)
+    draw_ = ImageDraw.Draw(im)
+    f = _font(font, size)
+    x0, y0, x1, y1 = draw_.textbbox((0, 0), str(digit), font=f)
+    draw_.text((margin + (side - (x1 - x0)) // 2 - x0, margin + (side - (y1 - y0)) // 2 - y0), str(digit),
+               fill=255, font=f)
+    out = np.asarray(im, np.float32) / 255.0
+    out.flags.writeable = False
+    return out
+
+
+def print_glyph(digit: int, font: str, rng: np.random.Generator, side: int) -> np.ndarray:
+    """A printed digit as an ink map (side, side) float32 in [0, 1]: ``font`` sized so that digits are 80-95%
+    of the side tall, centred with a jitter of up to side/16 pixels, ink strength 0.8-1."""
+    tall = rng.uniform(0.8, 0.95) * side
+    size = max(4, int(round(tall / _digit_height(font))))
+    j = max(1, side // 16)
+    dx, dy = (int(v) for v in rng.integers(-j, j + 1, 2))
+    window = _print_bitmap(font, size, int(digit), side, j)[j - dy:j - dy + side, j - dx:j - dx + side]
+    return window * np.float32(rng.uniform(0.8, 1.0))
+
+
+def card_grid(n_digits: int) -> int:
+    """Side of the square grid of cells a card of ``n_digits`` is laid out on (the digits, then the marker)."""
+    return int(np.ceil(np.sqrt(n_digits + 1)))
+
+
+def code_image(code: str, split: str = "eval", rng: np.random.Generator | int | None = None,
+               height: int = 32, width: int = 32, style: str = "print") -> np.ndarray:
+    """A needle card: ``code`` (digits) in dark ink on white paper with a black frame. Returns (H, W, 3) uint8.
+
+    Layout: a g x g grid of cells (g = ``card_grid(len(code))``: 2 for 3 digits), one digit per cell in
+    reading order, and a black square in the last cell (a card, never a scene, and its orientation). At
+    32x32 a 3-digit card puts each digit on one 16x16 patch of the tiny vision tower.
+    ``style``: "print" (one of ``PRINT_FONTS`` per card) or "hand" (each digit a handwritten digit of
+    ``split``'s share of scikit-learn's digits: the eval split's writers are unseen in training).
     """
     if not code or not code.isdigit():
         raise ValueError(f"code must be a non-empty string of digits, not {code!r}")
+    if style not in CARD_STYLES:
+        raise ValueError(f"card style must be one of {CARD_STYLES}, not {style!r}")
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-    from skimage.transform import resize
-
+    g = card_grid(len(code))
+    ch, cw = height // g, width // g
     img = np.full((height, width, 3), 250, np.float32)
     img[0, :] = img[-1, :] = img[:, 0] = img[:, -1] = 0  # black frame: a card, not a scene
-    n = len(code)
-    cw = (width - 2) // n
-    ch = min(height - 4, int(cw * 1.4))
-    y0 = (height - ch) // 2
-    images, _ = _digits()
+    font = str(rng.choice(PRINT_FONTS)) if style == "print" else None
+    side = min(ch, cw) - 2  # one pixel of paper around each glyph
     for i, c in enumerate(code):
-        idx = int(rng.choice(digit_indices(split, int(c))))
-        glyph = np.clip(resize(images[idx], (ch, cw), order=1, anti_aliasing=False), 0, 1)
-        x0 = 1 + i * cw + (width - 2 - n * cw) // 2
-        img[y0:y0 + ch, x0:x0 + cw] *= 1 - glyph[..., None]
+        if style == "print":
+            glyph = print_glyph(int(c), font, rng, side)
+        else:
+            glyph = digit_glyph(int(rng.choice(digit_indices(split, int(c)))), side)
+        r, k = divmod(i, g)
+        y0, x0 = r * ch + (ch - side) // 2, k * cw + (cw - side) // 2
+        img[y0:y0 + side, x0:x0 + side] *= 1 - glyph[..., None]
+    m = max(2, side // 2)  # the marker: a black square in the last cell
+    r, k = divmod(g * g - 1, g)
+    y0, x0 = r * ch + (ch - m) // 2, k * cw + (cw - m) // 2
+    img[y0:y0 + m, x0:x0 + m] = 0
     return (img + 0.5).clip(0, 255).astype(np.uint8)
+
+
+def card_cells(cards: np.ndarray, n_digits: int) -> np.ndarray:
+    """The digit cells of code cards, for readers: (B, H, W, 3) uint8 -> (n_digits, B, ch * cw) float32 grey
+    levels in [0, 1], place by place (the layout of ``code_image``)."""
+    g = card_grid(n_digits)
+    ch, cw = cards.shape[1] // g, cards.shape[2] // g
+    grey = cards.astype(np.float32).mean(-1) / 255.0
+    out = [grey[:, r * ch:(r + 1) * ch, k * cw:(k + 1) * cw] for r, k in (divmod(i, g) for i in range(n_digits))]
+    return np.stack(out).reshape(n_digits, len(cards), ch * cw)
 
 
 # --------------------------------------------------------------------------------------------- the world
@@ -401,7 +483,7 @@ def make_video(seed: int, num_frames: int, split: str = "train", **opts: Any) ->
         at = int(rng.integers(0, max(1, num_frames - n + 1))) if o.code_frame is None else int(o.code_frame)
         if not 0 <= at <= num_frames - n:
             raise ValueError(f"code_frame {at} with code_frames {n} does not fit in {num_frames} frames")
-        card = code_image(o.code, split, rng, H, W)
+        card = code_image(o.code, split, rng, H, W, o.code_style)
         if o.render:
             frames[at:at + n] = card
         events.append(Event(frame=at, time=round(at / o.fps, 3), kind="code", code=o.code, end_frame=at + n - 1))

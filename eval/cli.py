@@ -43,7 +43,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="haystack frames of the reading-reference cells (0: the card alone)")
     n.add_argument("--reference-cards", type=int, default=4000,
                    help="training cards of the reference reader (a pixel SVM); 0 skips it")
-    n.add_argument("--result-name", default=None, help="leaderboard result name ('' to skip)")
+    n.add_argument("--style", default="print", choices=("print", "hand"),
+                   help="needle cards printed, or handwritten by held-out writers")
+    n.add_argument("--result-name", default=None,
+                   help="leaderboard result name (default needle-FRAMES, -hand for handwriting; '' to skip)")
     n.add_argument("--out", required=True)
     v = sub.add_parser("videomme", help="VideoMME-format frame sweep (embedded benchmark or the real layout)")
     v.add_argument("--ckpt", required=True)
@@ -78,7 +81,8 @@ def _run(args: argparse.Namespace, command: str) -> int:
         cfg = needle.NeedleConfig(out=args.out, frames=args.frames, steps=args.steps, needles=args.needles,
                                   seed=args.seed, video=args.video, controls=not args.no_controls,
                                   nproc=args.nproc, result_name=args.result_name, command=command,
-                                  reference_cards=args.reference_cards, reference_frames=args.reference_frames)
+                                  reference_cards=args.reference_cards, reference_frames=args.reference_frames,
+                                  style=args.style)
         if args.nproc > 1:
             from longvila.eval.needle_sp import run_sharded
 
@@ -86,7 +90,7 @@ def _run(args: argparse.Namespace, command: str) -> int:
         else:
             summary = needle.run(cfg, ckpt=args.ckpt)
         ref = summary.get("read_accuracy")
-        print(f"needle: accuracy {summary['accuracy']:.3f} over {summary['trials']} needles, no-needle control "
+        print(f"needle ({args.style}): accuracy {summary['accuracy']:.3f} over {summary['trials']} needles, no-needle control "
               f"{summary['control_accuracy']:.3f} (chance {summary['chance']:.3f})"
               + (f", reading reference {ref:.3f} ({args.reference_frames}-frame haystack)" if ref is not None else "")
               + (f", on cards read there {summary['if_read_accuracy']:.3f} ({summary['if_read_trials']} needles)"

@@ -69,6 +69,12 @@ class NeedleConfig:
     # training cards of the reference reader (a pixel SVM, see reference_reader_accuracy); 0 skips it
     reference_cards: int = 4000
     reference_frames: int = 32  # haystack frames of the reading reference cells (0: the card alone)
+    style: str = "print"  # needle cards printed, or handwritten by the held-out writers ("hand")
+
+
+def default_result_name(cfg: NeedleConfig) -> str:
+    """needle-<frames> for printed cards, needle-<frames>-hand for handwritten ones."""
+    return f"needle-{cfg.frames}" + ("" if cfg.style == "print" else f"-{cfg.style}")
 
 
 def frame_counts(cfg: NeedleConfig) -> list[int]:
@@ -155,18 +161,21 @@ def work_units(cfg: NeedleConfig, counts: list[int]) -> list[Unit]:
 
 
 def needle_cards(cfg: NeedleConfig, n: int, codes: list[str]) -> np.ndarray:
-    """The cards of the cells of n frames (uint8 (len(codes), H, W, 3)): held-out handwriting, one image per
-    (seed, frame count, code), shared by the depths and the reading-reference cell."""
+    """The cards of the cells of n frames (uint8 (len(codes), H, W, 3)) in ``cfg.style`` (handwriting: the
+    held-out writers), one image per (seed, frame count, code), shared by the depths and the reading
+    reference cell."""
     from longvila.data import world
 
-    return np.stack([world.code_image(c, "eval", np.random.default_rng([cfg.seed, n, int(c)])) for c in codes])
+    return np.stack([world.code_image(c, "eval", np.random.default_rng([cfg.seed, n, int(c)]), style=cfg.style)
+                     for c in codes])
 
 
-def reference_reader_accuracy(cards: np.ndarray, codes: list[str], train_cards: int = 4000, seed: int = 0) -> float:
-    """Share of ``cards`` whose whole code a classic reader gets right: per digit place, an RBF SVM on the
-    pixels, trained on ``train_cards`` cards handwritten with the *training* split's digits (the writers the
-    model learns from). It says how legible the held-out handwriting is to a reader that has never seen those
-    writers, the ceiling a model trained on the same writers can be read against."""
+def reference_reader_accuracy(cards: np.ndarray, codes: list[str], train_cards: int = 4000, seed: int = 0,
+                              style: str = "print") -> float:
+    """Share of ``cards`` whose whole code a classic reader gets right: an RBF SVM on the pixels of a card's
+    digit cells (``world.card_cells``), trained on the cells of ``train_cards`` cards of the same style made
+    with the *training* split (handwriting: the writers the model learns from). It says how legible the cards
+    are to a reader that has never seen them: the ceiling a model trained on the same data is read against."""
     from sklearn.svm import SVC
 
     from longvila.data import world
@@ -175,13 +184,13 @@ def reference_reader_accuracy(cards: np.ndarray, codes: list[str], train_cards: 
         raise ValueError(f"reference reader: {len(cards)} cards for {len(codes)} codes")
     rng = np.random.default_rng([seed, 23])
     train_codes = [f"{int(c):0{CODE_DIGITS}d}" for c in rng.integers(0, 10**CODE_DIGITS, train_cards)]
-    x = np.stack([world.code_image(c, "train", rng, *cards.shape[1:3]) for c in train_codes])
-    x = x.reshape(len(x), -1).astype(np.float32) / 255.0
-    test = cards.reshape(len(cards), -1).astype(np.float32) / 255.0
+    x = np.stack([world.code_image(c, "train", rng, *cards.shape[1:3], style=style) for c in train_codes])
+    cells = world.card_cells(x, CODE_DIGITS)  # (places, cards, pixels)
+    svm = SVC(C=10.0, gamma="scale").fit(cells.reshape(-1, cells.shape[-1]),
+                                         [c[p] for p in range(CODE_DIGITS) for c in train_codes])
     ok = np.ones(len(codes), bool)
-    for place in range(CODE_DIGITS):
-        svm = SVC(C=10.0, gamma="scale").fit(x, [c[place] for c in train_codes])
-        ok &= svm.predict(test) == np.array([c[place] for c in codes])
+    for place, cells in enumerate(world.card_cells(cards, CODE_DIGITS)):
+        ok &= svm.predict(cells) == np.array([c[place] for c in codes])
     return float(ok.mean())
 
 
@@ -202,12 +211,15 @@ class _Scorer:
         k = targets.shape[1]
         if self.mesh is None:
             return runner.teacher_forced_argmax_shared(self.lm, embeds[:1, :shared], embeds[:, shared:], k)
+        from longvila.model.rope import rope_for_length
         from longvila.parallel.inference import sp_score
 
         length = embeds.shape[1]
         full = torch.full(embeds.shape[:2], -100, dtype=torch.long)
         full[:, length - k - 1:length - 1] = targets  # target[t] = the token expected after position t
-        argmax = sp_score(self.lm.model.language_model, embeds, full, self.mesh)["argmax"]
+        llm = self.lm.model.language_model
+        with rope_for_length(llm, length):  # every rank: the same table for the whole length
+            argmax = sp_score(llm, embeds, full, self.mesh)["argmax"]
         return argmax[:, length - k - 1:length - 1]
 
 
@@ -266,7 +278,7 @@ def run(cfg: NeedleConfig, lm: runner.LoadedModel | None = None, ckpt: str | Non
 
     def signature(u: Unit) -> str:
         return _signature(lm.model_hash, hay_key, cfg.frames, u.frames, u.kind, u.depth,
-                          cell_codes(cfg.seed, u.frames, cfg.needles), cfg.seed,
+                          cell_codes(cfg.seed, u.frames, cfg.needles), cfg.seed, cfg.style,
                           cfg.reference_frames if u.kind == READ else None)
 
     done = {}  # finished cells, read once before any work so that every rank skips the same ones
@@ -305,7 +317,7 @@ def run(cfg: NeedleConfig, lm: runner.LoadedModel | None = None, ckpt: str | Non
         per_count = [(n, cell_codes(cfg.seed, n, cfg.needles)) for n in counts]
         cards = np.concatenate([needle_cards(cfg, n, codes) for n, codes in per_count])
         summary["reference_reader_accuracy"] = reference_reader_accuracy(
-            cards, [c for _, codes in per_count for c in codes], cfg.reference_cards, cfg.seed)
+            cards, [c for _, codes in per_count for c in codes], cfg.reference_cards, cfg.seed, cfg.style)
     summary.update(computed_cells=computed, reused_cells=len(units) - computed, embeddings_cached=hit,
                    seconds=round(time.time() - t0, 2), model_hash=lm.model_hash, haystack=hay_key)
     if rank == 0:
@@ -382,7 +394,7 @@ def write_outputs(cfg: NeedleConfig, summary: dict, lm: runner.LoadedModel) -> N
     ax.set_ylabel("accuracy")
     ax.legend(fontsize=7)
     curve = save_figure(fig, out / "per_frames.png")
-    name = cfg.result_name if cfg.result_name is not None else f"needle-{cfg.frames}"
+    name = cfg.result_name if cfg.result_name is not None else default_result_name(cfg)
     if name:
         from longvila.leaderboards.results import write_result
 

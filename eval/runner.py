@@ -10,6 +10,8 @@ Design choices:
 - Teacher-forced exact match: the answer is appended to the prompt and the answer is correct when the argmax
   at every answer position equals the answer token. For a fixed-length answer this is exactly "greedy
   generation reproduces the answer", at the cost of one forward pass for a whole batch of needles.
+- Every LLM call runs inside ``model.rope.rope_for_length`` with the whole length it computes, so an input
+  longer than the model trained on gets dynamic-YaRN RoPE (a no-op within the trained length).
 - Only the last few positions go through the LM head (``logits_to_keep``): a 6,000-token prompt then costs
   a (B, k, vocab) logits tensor, not (B, 6000, vocab). Rows that share a prefix (the haystack before a
   needle, or the whole prompt of a no-needle control) run that prefix once and share its key/value cache.
@@ -26,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from longvila.model.rope import rope_for_length
 from longvila.utils import atomic_write_bytes, sha256_file
 
 
@@ -143,7 +146,9 @@ def embed(lm: LoadedModel, input_ids: torch.Tensor, visual: torch.Tensor | None)
 def teacher_forced_argmax(lm: LoadedModel, inputs_embeds: torch.Tensor, k: int) -> torch.Tensor:
     """inputs_embeds (B, L, D) whose last k positions embed an answer -> argmax ids (B, k) predicted for those
     k answer tokens (at positions L-k-1 .. L-2). The answer is an exact match when they equal it."""
-    out = lm.model.language_model(inputs_embeds=inputs_embeds, logits_to_keep=k + 1, use_cache=False)
+    llm = lm.model.language_model
+    with rope_for_length(llm, inputs_embeds.shape[1]):
+        out = llm(inputs_embeds=inputs_embeds, logits_to_keep=k + 1, use_cache=False)
     return out.logits[:, :k].argmax(-1)
 
 
@@ -176,7 +181,9 @@ def teacher_forced_argmax_shared(lm: LoadedModel, prefix: torch.Tensor, suffixes
                          f"first answer token and the {k} answer tokens")
     if prefix.shape[1] == 0:
         return teacher_forced_argmax(lm, suffixes, k)
-    _, out = _after_prefix(lm.model.language_model, prefix, suffixes, logits_to_keep=k + 1)
+    llm = lm.model.language_model
+    with rope_for_length(llm, prefix.shape[1] + suffixes.shape[1]):
+        _, out = _after_prefix(llm, prefix, suffixes, logits_to_keep=k + 1)
     return out.logits[:, :k].argmax(-1)
 
 
@@ -198,7 +205,8 @@ def option_logprobs(lm: LoadedModel, prefix: torch.Tensor, options: list[list[in
     width = max(map(len, options))
     pad = lm.eos_ids[-1] if lm.eos_ids else 0
     ids = torch.tensor([o + [pad] * (width - len(o)) for o in options], dtype=torch.long)
-    first, out = _after_prefix(llm, prefix, llm.get_input_embeddings()(ids).to(prefix.dtype))
+    with rope_for_length(llm, prefix.shape[1] + width):
+        first, out = _after_prefix(llm, prefix, llm.get_input_embeddings()(ids).to(prefix.dtype))
     # position 0 of every option is predicted by the prompt's last position, token j by option position j-1
     logits = torch.cat([first.expand(len(options), -1, -1), out.logits[:, :-1]], 1)
     logp = torch.log_softmax(logits.double(), -1)
@@ -219,7 +227,9 @@ def teacher_forced_correct(lm: LoadedModel, inputs_embeds: torch.Tensor, targets
 def generate(lm: LoadedModel, inputs_embeds: torch.Tensor, max_new_tokens: int = 8) -> str:
     """Greedy continuation of one prompt, inputs_embeds (1, L, D) -> decoded text (special tokens removed)."""
     mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long)
-    out = lm.model.language_model.generate(
-        inputs_embeds=inputs_embeds, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-        eos_token_id=lm.eos_ids, pad_token_id=lm.eos_ids[-1] if lm.eos_ids else None)
+    llm = lm.model.language_model
+    with rope_for_length(llm, inputs_embeds.shape[1] + max_new_tokens):
+        out = llm.generate(
+            inputs_embeds=inputs_embeds, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+            eos_token_id=lm.eos_ids, pad_token_id=lm.eos_ids[-1] if lm.eos_ids else None)
     return lm.tokenizer.decode(out[0], skip_special_tokens=True).strip()

@@ -12,7 +12,8 @@ Design choices:
 - The loss is computed here, not by the LLM: mean cross-entropy (fp32) of ``logits[:, :-1]`` against
   ``labels[:, 1:]`` over labels != -100 (0 when a batch has no label, rather than NaN).
 - ``generate`` is GenerationMixin's: ``pixel_values`` is consumed on the prefill step only (transformers
-  drops it afterwards), decode steps embed the new ids.
+  drops it afterwards), decode steps embed the new ids; it runs inside ``rope.rope_for_length`` with the
+  prompt plus ``max_new_tokens``, so a prompt longer than the model trained on gets dynamic-YaRN RoPE.
 - Checkpoints: ``save_pretrained`` writes the whole VLM (``config.json`` + ``model.safetensors``) and also
   the LLM alone in ``<dir>/language_model/`` so ``AutoModelForCausalLM.from_pretrained(dir/"language_model")``
   loads it without this package. ``from_pretrained`` reads the top-level files.
@@ -198,6 +199,17 @@ class LongVILAForCausalLM(LongVILAPreTrainedModel, GenerationMixin):
             loss=loss, logits=out.logits, hidden_states=out.hidden_states, attentions=out.attentions,
             **{output_field(CausalLMOutputWithPast): output_cache(out)},
         )
+
+    def generate(self, *args, **kwargs):
+        """GenerationMixin's ``generate``, with dynamic-YaRN RoPE (``model.rope``) for the whole length: the
+        prompt (``input_ids`` or ``inputs_embeds``) plus ``max_new_tokens``."""
+        from longvila.model.rope import rope_for_length
+
+        prompt = kwargs.get("input_ids", kwargs.get("inputs_embeds", args[0] if args else None))
+        new = kwargs.get("max_new_tokens") or getattr(kwargs.get("generation_config") or self.generation_config,
+                                                      "max_new_tokens", None) or 0
+        with rope_for_length(self.language_model, (prompt.shape[1] if prompt is not None else 0) + int(new)):
+            return super().generate(*args, **kwargs)
 
     # -- checkpoints ---------------------------------------------------------------------------------------
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:

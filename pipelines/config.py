@@ -51,6 +51,9 @@ class ModelCfg:
     # log-n attention scaling: queries past this many positions get logits x log(pos + 1) / log(base),
     # written into the saved LLM config (``logn_attention_base``); 0 keeps the checkpoint's setting
     logn_base: int = 0
+    # dynamic YaRN at inference: inputs longer than this many positions get RoPE rescaled by length / this
+    # (``model.rope``), written into the saved LLM config (``dynamic_yarn_positions``); 0 keeps the checkpoint's
+    dynamic_yarn_positions: int = 0
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,8 @@ class DataCfg:
     max_turns: int = 0  # QA turns kept per sample, chosen at random (0 = all)
     needle_frac: float = 0.0  # share of each micro-batch made of synthetic needle-in-a-haystack samples
     needle_mc_frac: float = 0.0  # share of those asked as four-option multiple choice (as the sets' mc_frac)
+    needle_hand_frac: float = 0.5  # share of those whose card is handwritten (the rest printed); also fresh cards
+    cards: int = 0  # freshly drawn code cards added to every micro-batch (captioned, or asked at needle_mc_frac)
     # how a micro-batch's answer tokens share the loss: "token" (plain mean), "square" (a sample of n answer
     # tokens weighs 1/sqrt(n) per token, InternVL 2.5's square averaging) or "sample" (each sample equal)
     loss_weighting: str = "token"
@@ -138,6 +143,8 @@ class VisionPretrainCfg:
     dim: int = 64  # width of the shared image/text embedding
     sets: tuple[str, ...] = ("align",)  # image-caption set folders under --data
     heldout: int = 128  # last pairs of the sets, kept out of training, for the retrieval accuracy
+    fresh_cards: int = 0  # freshly drawn code cards added to each batch (unlimited renderings to learn reading)
+    hand_frac: float = 0.5  # share of the fresh cards that are handwritten (the rest printed)
 
 
 @dataclass(frozen=True)
@@ -209,7 +216,9 @@ def stage1() -> StageConfig:
         optim=OptimCfg(lr=2e-3),
         schedule=ScheduleCfg(steps=60, warmup_steps=5, kind="cosine"),
         checkpoint=CheckpointCfg(every_steps=30),
-        vision_pretrain=VisionPretrainCfg(steps=1600),
+        # 64 freshly drawn code cards in every batch besides the align set's fixed ones: a linear probe on the
+        # tower then reads 99.9% of held-out printed codes (98.9% with the align cards alone)
+        vision_pretrain=VisionPretrainCfg(steps=1600, fresh_cards=64),
     )
 
 
@@ -223,7 +232,8 @@ def stage2() -> StageConfig:
         model=replace(s.model, train=("mm_projector", "language_model")),
         # the align captions too: half of them are code cards, which teach the LLM to read the digits off a
         # card's visual token (the needle evaluation and the code questions depend on it)
-        data=replace(s.data, sets=("align", "pretrain"), seq_len=512, batch=16),
+        # plus 4 freshly drawn cards per micro-batch: unlimited renderings to read from
+        data=replace(s.data, sets=("align", "pretrain"), seq_len=512, batch=16, cards=4),
         optim=replace(s.optim, lr=1e-3, weight_decay=0.01),
         # constant lr: reading codes starts only after a ~300-step plateau, and a cosine decay over 800 steps
         # ended it before that (per-digit accuracy at chance, 10%); constant gave 40-56% held-out
@@ -245,7 +255,8 @@ def stage3() -> StageConfig:
         # square loss averaging (kept by stages 4 and 5): one-word answers are not drowned by the long captions
         # packed beside them (with 2,000 cosine steps: held-out QA after stage 5 41.7% -> 45.0%, needle grid
         # 60.5% -> 67.5%)
-        data=replace(s.data, sets=("short_sft",), frames=32, batch=8, needle_frac=0.5, loss_weighting="square"),
+        data=replace(s.data, sets=("short_sft",), frames=32, batch=8, needle_frac=0.5, cards=2,
+                     loss_weighting="square"),
         # the tower at a tenth of the lr: at the full lr the LM loss collapsed its features (output spread
         # across images 1.18 -> 0.22) and QA stayed at chance; 0.1 keeps them (1.11), as VILA's lower tower lr
         optim=replace(s.optim, lr=1e-3, vision_lr_scale=0.1),
@@ -272,7 +283,7 @@ def stage4() -> StageConfig:
             # longest video, and the slower rotation keeps those distances closer to trained ones
             context_length=16384,
         ),
-        data=replace(s.data, sets=("context_ext",), frames=0, seq_len=8192, batch=1, needle_frac=0.0),
+        data=replace(s.data, sets=("context_ext",), frames=0, seq_len=8192, batch=1, needle_frac=0.0, cards=0),
         optim=replace(s.optim, lr=3e-4),
         schedule=replace(s.schedule, steps=30, warmup_steps=3, kind="constant"),
         parallel=replace(s.parallel, sp_ring=2),
@@ -291,12 +302,19 @@ def stage5() -> StageConfig:
         # log-n attention scaling past 256 positions, trained with it: a 6,000-frame question is 4x the longest
         # training video, and without it the attention to the needle thins out (4-count needle grid 51% -> 67.5%;
         # bases 64 / 512 gave 63% / 66%, the same scaling only at inference 64%)
-        model=replace(s.model, train=MODULES, rope_schedule=(), context_length=0, logn_base=256),
+        # dynamic YaRN past the longest training sample (1,500 frames and a question, ~1,536 positions): at 6,000
+        # frames the tiny model still finds the needle, but its slow RoPE dimensions turn unseen angles into
+        # misread digits (dynamic YaRN at inference: 6,000-frame needles 40% -> 100% on the same checkpoint)
+        model=replace(s.model, train=MODULES, rope_schedule=(), context_length=0, logn_base=256,
+                      dynamic_yarn_positions=1536),
         data=replace(
             s.data,
             # short SFT mixed in, so that long-video training does not erase short-video QA (40% vs 33%)
             sets=("long_sft", "short_sft"),
             needle_frac=0.5,
+            # fresh cards in every micro-batch: stage 4 (text only, new RoPE) wipes the reading out, and the long
+            # phases alone bring it back only in part
+            cards=2,
             max_turns=2,
             curriculum=(
                 Phase(frames=32, batch=16, steps=300),
@@ -411,8 +429,11 @@ def validate(cfg: StageConfig, world_size: int | None = None) -> None:
         raise ConfigError(f"optim.vision_lr_scale={cfg.optim.vision_lr_scale} must be > 0")
     if not cfg.data.sets:
         raise ConfigError("data.sets is empty")
+    if cfg.data.cards < 0:
+        raise ConfigError(f"data.cards={cfg.data.cards} must be >= 0")
     for name, v in (("data.needle_frac", cfg.data.needle_frac), ("data.needle_mc_frac", cfg.data.needle_mc_frac),
-                    ("data.mc_text_frac", cfg.data.mc_text_frac)):
+                    ("data.mc_text_frac", cfg.data.mc_text_frac),
+                    ("data.needle_hand_frac", cfg.data.needle_hand_frac)):
         if not 0.0 <= v <= 1.0:
             raise ConfigError(f"{name}={v} must be in [0, 1]")
     from longvila.pipelines.datasource import LOSS_WEIGHTING
@@ -420,10 +441,13 @@ def validate(cfg: StageConfig, world_size: int | None = None) -> None:
     if cfg.data.loss_weighting not in LOSS_WEIGHTING:
         raise ConfigError(f"data.loss_weighting={cfg.data.loss_weighting!r}: choose one of {sorted(LOSS_WEIGHTING)}")
     vp = cfg.vision_pretrain
-    if vp.steps < 0 or (vp.steps and (vp.batch < 2 or vp.heldout < 2 or vp.lr <= 0 or vp.dim < 1 or not vp.sets)):
-        raise ConfigError(f"vision_pretrain: needs steps >= 0, batch >= 2, heldout >= 2, lr > 0, dim >= 1 and "
-                          f"sets; got {vp}")
+    if vp.steps < 0 or (vp.steps and (vp.batch < 2 or vp.heldout < 2 or vp.lr <= 0 or vp.dim < 1 or not vp.sets
+                                      or vp.fresh_cards < 0 or not 0.0 <= vp.hand_frac <= 1.0)):
+        raise ConfigError(f"vision_pretrain: needs steps >= 0, batch >= 2, heldout >= 2, lr > 0, dim >= 1, sets, "
+                          f"fresh_cards >= 0 and hand_frac in [0, 1]; got {vp}")
     cfg.rope()
+    if cfg.model.dynamic_yarn_positions < 0:
+        raise ConfigError(f"model.dynamic_yarn_positions={cfg.model.dynamic_yarn_positions} must be >= 0")
     if cfg.model.logn_base < 0 or cfg.model.logn_base == 1:
         raise ConfigError(f"model.logn_base={cfg.model.logn_base}: give a base of >= 2 positions (0 keeps the "
                           "checkpoint's setting)")

@@ -146,15 +146,13 @@ def encode_sample(sample: dict[str, Any], frames: int, seq_len: int, processor, 
 
 
 def needle_sample(pool: tuple[dict[str, Any], ...], frames: int, rng: np.random.Generator, processor,
-                  code_digits: int = 3, mc_frac: float = 0.0) -> dict[str, Any]:
+                  code_digits: int = 3, mc_frac: float = 0.0, hand_frac: float = 0.5) -> dict[str, Any]:
     """A synthetic needle-in-a-haystack sample: ``frames`` haystack frames (uniform samples of the pool's
-    videos, several videos if one is too short) with a code card (train-split digits) inserted at a random
-    depth, and the question the needle evaluation asks; with probability ``mc_frac`` the same question in the
-    four-option multiple-choice form (the reversed code and random codes as distractors, answered with the
-    letter), as the data sets ask their questions. Returns what ``encode_sample`` returns."""
-    from longvila.data.questions import mc_options, mc_prompt
+    videos, several videos if one is too short) with a code card (handwritten with train-split digits with
+    probability ``hand_frac``, else printed) inserted at a random depth, and the question the needle
+    evaluation asks, with probability ``mc_frac`` in the four-option form (``code_question``). Returns what
+    ``encode_sample`` returns."""
     from longvila.data.world import code_image
-    from longvila.eval.prompts import needle_question  # the very question the needle evaluation asks
 
     videos = [i for i, s in enumerate(pool) if "mp4" in s]
     if not videos:
@@ -167,19 +165,52 @@ def needle_sample(pool: tuple[dict[str, Any], ...], frames: int, rng: np.random.
         need -= len(take)
     hay = np.concatenate(parts)[:frames]
     code = "".join(str(int(d)) for d in rng.integers(0, 10, code_digits))
-    card = code_image(code, "train", rng, hay.shape[1], hay.shape[2])
+    card = code_image(code, "train", rng, hay.shape[1], hay.shape[2], "hand" if rng.random() < hand_frac else "print")
     at = int(rng.integers(0, len(hay) + 1))
     video = np.concatenate([hay[:at], card[None], hay[at:]])
-    question, answer = needle_question(), code
-    if mc_frac and rng.random() < mc_frac:
-        others = {code[::-1], *("".join(str(int(d)) for d in rng.integers(0, 10, code_digits)) for _ in range(6))}
-        mc = mc_options(rng, code, sorted(others - {code}))
-        if mc is not None:
-            question, answer = mc_prompt(question, mc[0]), mc[1]
+    question, answer = code_question(code, rng, mc_frac)
     conv = [{"from": "human", "value": f"<video>\n{question}"}, {"from": "gpt", "value": answer}]
     enc = processor.encode_conversation(conv, [len(video)])
     return {"input_ids": enc["input_ids"], "labels": enc["labels"], "pixel_values": processor.preprocess_frames(video),
             "num_frames": [len(video)], "id": f"needle-{code}-{at}of{len(video)}", "truncated": False}
+
+
+def code_question(code: str, rng: np.random.Generator, mc_frac: float = 0.0) -> tuple[str, str]:
+    """(question, answer) asking for a card's code: the needle evaluation's own question, answered with the code,
+    or with probability ``mc_frac`` the same question in the four-option form (the reversed code and random
+    codes as distractors) answered with the letter, as the data sets ask their questions."""
+    from longvila.data.questions import mc_options, mc_prompt
+    from longvila.eval.prompts import needle_question  # the very question the needle evaluation asks
+
+    if mc_frac and rng.random() < mc_frac:
+        others = {code[::-1], *("".join(str(int(d)) for d in rng.integers(0, 10, len(code))) for _ in range(6))}
+        mc = mc_options(rng, code, sorted(others - {code}))
+        if mc is not None:
+            return mc_prompt(needle_question(), mc[0]), mc[1]
+    return needle_question(), code
+
+
+CARD_PROMPT = "Describe the image."  # the align set's captioning prompt
+
+
+def card_sample(rng: np.random.Generator, processor, size: int, hand_frac: float = 0.5,
+                code_digits: int = 3, mc_frac: float = 0.0) -> dict[str, Any]:
+    """A freshly drawn code card (training split; handwritten with probability ``hand_frac``, else printed) as
+    an image-caption sample in the align set's form ("A card shows the code 471.") or, with probability
+    ``mc_frac``, asked for its code in the four-option form (``code_question``). Unlike the align set's fixed
+    cards, every call renders a new code, typeface or handwriting, size and offset, so reading is learnt from
+    unlimited renderings. Returns what ``encode_sample`` returns (one frame of ``size`` x ``size``)."""
+    from longvila.data.questions import sentence
+    from longvila.data.world import Event, code_image
+
+    code = "".join(str(int(d)) for d in rng.integers(0, 10, code_digits))
+    card = code_image(code, "train", rng, size, size, "hand" if rng.random() < hand_frac else "print")
+    question, answer = code_question(code, rng, 1.0) if mc_frac and rng.random() < mc_frac else (
+        CARD_PROMPT, sentence(Event(frame=0, time=0.0, kind="code", code=code)))
+    conv = [{"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": answer}]
+    enc = processor.encode_conversation(conv, [1])
+    return {"input_ids": enc["input_ids"], "labels": enc["labels"], "pixel_values": processor.preprocess_frames(card[None]),
+            "num_frames": [1], "id": f"card-{code}", "truncated": False}
 
 
 LOSS_WEIGHTING = {"token": 0.0, "square": 0.5, "sample": 1.0}  # exponent p: a sample's tokens weigh n ** -p
@@ -277,14 +308,18 @@ def rank_order(n: int, seed: int, dp_rank: int, dp: int, start: int, count: int)
 def stream(data_root: str | Path, sets: tuple[str, ...], phase: Phase, seed: int, skip: int, dp_rank: int,
            dp: int, seq_len: int, processor, needle_frac: float = 0.0, max_turns: int = 0,
            needle_mc_frac: float = 0.0, loss_weighting: str = "token",
-           mc_text_frac: float = 0.0) -> Iterator[dict[str, Any]]:
+           mc_text_frac: float = 0.0, needle_hand_frac: float = 0.5,
+           cards: int = 0) -> Iterator[dict[str, Any]]:
     """Endless micro-batches of a dp rank, starting at micro-batch ``skip`` (see the module docstring).
 
     Micro-batch m holds the samples at stream positions [m*B, (m+1)*B); a sample that fails to decode is
     dropped from its batch and counted in ``skipped`` (a batch left empty takes the next positions).
     ``needle_frac``: the fraction of each micro-batch replaced by ``needle_sample``s (rounded per batch), a
-    ``needle_mc_frac`` share of them in the multiple-choice form. ``loss_weighting``: see ``pack``.
+    ``needle_mc_frac`` share of them in the multiple-choice form and a ``needle_hand_frac`` share handwritten.
+    ``loss_weighting``: see ``pack``.
     ``mc_text_frac``: the fraction replaced by ``mc_text_sample``s (multiple choice on a written description).
+    ``cards``: freshly drawn code cards added to every micro-batch (``card_sample``; handwritten at
+    ``needle_hand_frac``, asked in the multiple-choice form at ``needle_mc_frac``).
     """
     from longvila.data.video_io import VideoError
 
@@ -296,10 +331,14 @@ def stream(data_root: str | Path, sets: tuple[str, ...], phase: Phase, seed: int
         rng = np.random.default_rng([seed, dp_rank, m, 7])
         n_needle = int(needle_frac * phase.batch + rng.random()) if needle_frac else 0
         for _ in range(n_needle):
-            items.append(needle_sample(pool, phase.frames, rng, processor, mc_frac=needle_mc_frac))
+            items.append(needle_sample(pool, phase.frames, rng, processor, mc_frac=needle_mc_frac,
+                                       hand_frac=needle_hand_frac))
         n_mc = min(int(mc_text_frac * phase.batch + rng.random()), phase.batch - n_needle) if mc_text_frac else 0
         for _ in range(n_mc):
             items.append(mc_text_sample(pool, rng, processor, mc_cands))
+        for _ in range(cards):
+            items.append(card_sample(rng, processor, processor.settings.image_size, needle_hand_frac,
+                                     mc_frac=needle_mc_frac))
         for i in rank_order(len(pool), seed, dp_rank, dp, m * phase.batch, phase.batch - n_needle - n_mc):
             seen += 1
             try:

@@ -43,6 +43,23 @@ def set_logn(config, base: int) -> None:
     setattr(config.text_config, LOGN_KEY, int(base))
 
 
+def set_dynamic_yarn(config, positions: int) -> None:
+    """Turn on dynamic YaRN past ``positions`` in a LongVILAConfig's text config (see ``model.rope``)."""
+    from longvila.model.rope import DYNAMIC_YARN_KEY
+
+    setattr(config.text_config, DYNAMIC_YARN_KEY, int(positions))
+
+
+def _write_llm_settings(cfg: StageConfig, config) -> None:
+    """The stage's RoPE row, log-n base and dynamic-YaRN length, into the config the model is built from."""
+    if cfg.rope():
+        set_rope(config, *cfg.rope())
+    if cfg.model.logn_base:
+        set_logn(config, cfg.model.logn_base)
+    if cfg.model.dynamic_yarn_positions:
+        set_dynamic_yarn(config, cfg.model.dynamic_yarn_positions)
+
+
 def build_model(cfg: StageConfig, init: Path | None):
     from longvila.model import LongVILAConfig, LongVILAForCausalLM, paper_config, tiny_config
 
@@ -51,20 +68,14 @@ def build_model(cfg: StageConfig, init: Path | None):
         if cfg.model.name not in presets:
             raise ValueError(f"model.name={cfg.model.name!r}: choose one of {sorted(presets)}")
         config = presets[cfg.model.name]()
-        if cfg.rope():
-            set_rope(config, *cfg.rope())
-        if cfg.model.logn_base:
-            set_logn(config, cfg.model.logn_base)
+        _write_llm_settings(cfg, config)
         torch.manual_seed(cfg.seed)
         if cfg.model.vision_pretrained or cfg.model.llm_pretrained:  # real scale: SigLIP + Qwen2 weights
             return LongVILAForCausalLM.from_parts(config, vision_pretrained=cfg.model.vision_pretrained or None,
                                                   llm_pretrained=cfg.model.llm_pretrained or None)
         return LongVILAForCausalLM(config)
     config = LongVILAConfig.from_pretrained(init)
-    if cfg.rope():
-        set_rope(config, *cfg.rope())
-    if cfg.model.logn_base:
-        set_logn(config, cfg.model.logn_base)
+    _write_llm_settings(cfg, config)
     return LongVILAForCausalLM.from_pretrained(init, config=config)
 
 
@@ -136,7 +147,8 @@ def make_task(cfg: StageConfig, data_root: str | Path) -> Task:
                                  dp_rank=ctx.dp_rank, dp=ctx.dp, seq_len=cfg.data.seq_len,
                                  processor=state["processor"], needle_frac=cfg.data.needle_frac, max_turns=cfg.data.max_turns,
                                  needle_mc_frac=cfg.data.needle_mc_frac, loss_weighting=cfg.data.loss_weighting,
-                                 mc_text_frac=cfg.data.mc_text_frac)
+                                 mc_text_frac=cfg.data.mc_text_frac, needle_hand_frac=cfg.data.needle_hand_frac,
+                                 cards=cfg.data.cards)
 
     def evaluate(model, ctx: Context) -> dict[str, Any]:
         from longvila.pipelines.evaluate import short_video_qa

@@ -30,6 +30,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -108,6 +109,38 @@ def retrieval_accuracy(heads: PairHeads, tower: nn.Module, pix: torch.Tensor, ca
     return sum(torch.equal(caps[int(j)], caps[i]) for i, j in enumerate(best)) / len(caps)
 
 
+def _with_fresh_cards(pix: torch.Tensor, caps: list[torch.Tensor], n: int, rng, processor, hand_frac: float,
+                      captions: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The batch plus ``n`` freshly drawn code cards with their align-style captions (the same draws as
+    ``datasource.card_sample``, rendered in one batch; ``captions`` keeps each code's caption tokens, computed
+    once per run).
+    NOTE: two cards of a batch with the same code are a true match the loss counts as a mismatch; with 1,000
+    codes and tens of cards a batch, that is rare noise."""
+    from longvila.data.world import code_image
+
+    size = pix.shape[-1]
+    codes, cards = [], []
+    for _ in range(n):
+        code = "".join(str(int(d)) for d in rng.integers(0, 10, 3))
+        cards.append(code_image(code, "train", rng, size, size, "hand" if rng.random() < hand_frac else "print"))
+        codes.append(code)
+        if code not in captions:
+            captions[code] = _card_caption(processor, code)
+    return torch.cat([pix, processor.preprocess_frames(np.stack(cards))]), caps + [captions[c] for c in codes]
+
+
+def _card_caption(processor, code: str) -> torch.Tensor:
+    """The caption tokens of a card of ``code`` as ``load_pairs`` reads them from an align sample."""
+    from longvila.data.questions import sentence
+    from longvila.data.world import Event
+    from longvila.pipelines.datasource import CARD_PROMPT
+
+    conv = [{"from": "human", "value": f"<image>\n{CARD_PROMPT}"},
+            {"from": "gpt", "value": sentence(Event(frame=0, time=0.0, kind="code", code=code))}]
+    enc = processor.encode_conversation(conv, [1])
+    return enc["input_ids"][enc["labels"] != -100]
+
+
 def pretrain_vision_tower(tower: nn.Module, vision_hidden: int, vocab: int, data_root: str | Path, processor,
                           cfg: VisionPretrainCfg, seed: int = 0) -> dict[str, Any]:
     """Train ``tower`` ((N, 3, S, S) -> (N, P, vision_hidden)) in place; returns losses and held-out retrieval."""
@@ -129,11 +162,15 @@ def pretrain_vision_tower(tower: nn.Module, vision_hidden: int, vocab: int, data
         opt, lambda s: min(1.0, (s + 1) / 20) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / cfg.steps))))
     acc_before = retrieval_accuracy(heads, tower, test_pix, test_caps)
     batch = min(cfg.batch, len(train_caps))
+    card_rng, card_captions = np.random.default_rng([seed, 29]), {}
     losses = []
     for _ in progress(range(cfg.steps), desc="vision pretraining", total=cfg.steps, unit="step"):
         idx = torch.randperm(len(train_caps), generator=gen)[:batch]
-        loss = sigmoid_loss(heads.embed_images(tower, train_pix[idx]), heads.embed_texts([train_caps[i] for i in idx]),
-                            heads.log_t, heads.bias)
+        pix_b, caps_b = train_pix[idx], [train_caps[i] for i in idx]
+        if cfg.fresh_cards:
+            pix_b, caps_b = _with_fresh_cards(pix_b, caps_b, cfg.fresh_cards, card_rng, processor, cfg.hand_frac,
+                                              card_captions)
+        loss = sigmoid_loss(heads.embed_images(tower, pix_b), heads.embed_texts(caps_b), heads.log_t, heads.bias)
         loss.backward()
         opt.step()
         sched.step()

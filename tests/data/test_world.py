@@ -86,34 +86,40 @@ def test_digit_images_split_by_index_disjoint():
     assert all(i >= world.DIGIT_SPLIT_INDEX for i in v_ev.meta["digit_index"].values())
 
 
-def _read_code(img: np.ndarray, n: int, clf) -> str:
-    from skimage.transform import resize
+def test_code_image_layout_one_digit_per_cell():
+    """A 3-digit card: a 2x2 grid of cells, a digit in each of the first three (ink inside its cell only),
+    the black marker square in the last; longer codes take a 3x3 grid."""
+    card = world.code_image("907", "eval", 0)
+    assert card.shape == (32, 32, 3) and card.dtype == np.uint8
+    ink = 255 - card.mean(axis=2)
+    ink[0, :] = ink[-1, :] = ink[:, 0] = ink[:, -1] = 0  # the black frame
+    cells = [ink[r * 16:(r + 1) * 16, k * 16:(k + 1) * 16] for r in range(2) for k in range(2)]
+    assert all(c.max() > 150 for c in cells[:3])  # a glyph in each digit cell ...
+    assert all(c[[0, -1]].max() < 10 and c[:, [0, -1]].max() < 10 for c in cells[:3])  # ... inside it
+    assert (card[20:27, 20:27] == 0).all()  # the marker: a black square in the last cell
+    assert world.card_grid(3) == 2 and world.card_grid(4) == world.card_grid(8) == 3
+    assert world.code_image("12345678", "eval", 0).shape == (32, 32, 3)
+    cells = world.card_cells(np.stack([card, card]), 3)
+    assert cells.shape == (3, 2, 256) and 0.0 <= cells.min() and cells.max() <= 1.0
 
-    ink = 1.0 - img[1:-1, 1:-1].mean(axis=2) / 250.0
-    w = ink.shape[1] // n
-    out = ""
-    for i in range(n):
-        cell = ink[:, i * w:(i + 1) * w]
-        rows = np.where(cell.max(axis=1) > 0.2)[0]
-        cell = cell[rows.min():rows.max() + 1] if len(rows) else cell
-        out += str(clf.predict(resize(cell, (8, 8), anti_aliasing=True).reshape(1, -1) * 16)[0])
-    return out
 
-
-def test_code_image_is_legible_at_32px():
-    """Digits read back from 32x32 eval cards as well as the raw 8x8 eval digits (classifier fit on train)."""
+@pytest.mark.parametrize("style,floor", [("print", 0.99), ("hand", 0.75)])
+def test_code_cards_are_legible(style, floor):
+    """A pixel SVM on the digit cells of training cards reads held-out cards: printed ones all but never wrong,
+    handwritten ones by the held-out writers mostly (the writers are unseen; measured 87% of 3-digit codes)."""
     from sklearn.svm import SVC
 
-    images, target = world._digits()
-    tr, ev = world.digit_indices("train"), world.digit_indices("eval")
-    clf = SVC(gamma=0.001).fit(images[tr].reshape(len(tr), -1) * 16, target[tr])
-    raw = clf.score(images[ev].reshape(len(ev), -1) * 16, target[ev])  # ~0.96
     rng = np.random.default_rng(0)
-    codes = ["".join(map(str, rng.integers(0, 10, 3))) for _ in range(100)]
-    read = [_read_code(world.code_image(c, "eval", rng), 3, clf) for c in codes]
-    per_digit = np.mean([a == b for r, c in zip(read, codes, strict=True) for a, b in zip(r, c, strict=True)])
-    assert per_digit >= raw - 0.04, (per_digit, raw)
-    assert np.mean([r == c for r, c in zip(read, codes, strict=True)]) >= 0.75
+    train = [f"{int(c):03d}" for c in rng.integers(0, 1000, 1500)]
+    x = world.card_cells(np.stack([world.code_image(c, "train", rng, style=style) for c in train]), 3)
+    clf = SVC(C=10.0, gamma="scale").fit(x.reshape(-1, x.shape[-1]), [c[p] for p in range(3) for c in train])
+    codes = [f"{int(c):03d}" for c in rng.integers(0, 1000, 200)]
+    cells = world.card_cells(np.stack([world.code_image(c, "eval", rng, style=style) for c in codes]), 3)
+    read = ["".join(d) for d in zip(*(clf.predict(p) for p in cells), strict=True)]
+    assert np.mean([r == c for r, c in zip(read, codes, strict=True)]) >= floor
+    # and a printed card is not a handwritten one: the same code in the two styles differs
+    assert not np.array_equal(world.code_image("123", "eval", 1, style="print"),
+                              world.code_image("123", "eval", 1, style="hand"))
 
 
 def test_code_card_is_distinct_and_logged():
@@ -134,6 +140,8 @@ def test_bad_options_raise():
         world.make_video(0, 10, code="12", code_frame=10)
     with pytest.raises(ValueError, match="digits"):
         world.code_image("12a", "eval")
+    with pytest.raises(ValueError, match="card style"):
+        world.code_image("123", "eval", style="typed")
     with pytest.raises(TypeError):
         world.make_video(0, 4, colour="red")
     with pytest.raises(ValueError, match="unknown keys"):

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from longvila.eval import cli
@@ -18,6 +19,27 @@ def test_needle_command(tiny_ckpt, tmp_path, capsys):
     assert summary["frame_counts"] == [10, 20] and summary["trials"] == 2 * 6 * 2
     res = json.loads((tmp_path / "results" / "needle-20.json").read_text())
     assert res["command"].startswith("longvila eval needle --ckpt") and res["config"]["frames"] == 20
+
+
+def test_needle_command_handwritten_cards(tiny_ckpt, tmp_path, capsys):
+    """--style hand: the cards are handwritten by the held-out writers, and the result is needle-N-hand (the
+    printed grid's needle-N stays untouched)."""
+    from longvila.data import world
+    from longvila.eval import needle
+
+    out = tmp_path / "needle-hand"
+    rc = cli.main(["needle", "--ckpt", str(tiny_ckpt), "--frames", "20", "--steps", "1", "--needles", "2",
+                   "--no-controls", "--style", "hand", "--out", str(out)])
+    assert rc == 0 and "needle (hand): accuracy" in capsys.readouterr().out
+    res = json.loads((tmp_path / "results" / "needle-20-hand.json").read_text())
+    assert res["config"]["style"] == "hand" and not (tmp_path / "results" / "needle-20.json").exists()
+    cfg = needle.NeedleConfig(style="hand", frames=20)
+    cards = needle.needle_cards(cfg, 20, ["123", "456"])
+    want = world.code_image("123", "eval", np.random.default_rng([0, 20, 123]), style="hand")
+    assert np.array_equal(cards[0], want)
+    assert not np.array_equal(cards[0], needle.needle_cards(needle.NeedleConfig(frames=20), 20, ["123"])[0])
+    with pytest.raises(SystemExit):
+        cli.main(["needle", "--ckpt", str(tiny_ckpt), "--style", "typed", "--out", str(out)])
 
 
 def test_videomme_command_embedded(tiny_ckpt, tmp_path, capsys, monkeypatch):

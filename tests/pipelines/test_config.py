@@ -89,6 +89,9 @@ def test_overrides_are_typed():
     ("data.needle_mc_frac=1.5", "data.needle_mc_frac=1.5 must be in"),
     ("data.loss_weighting=mean", "data.loss_weighting=.mean.: choose one of"),
     ("data.mc_text_frac=-0.1", "data.mc_text_frac=-0.1 must be in"),
+    ("data.needle_hand_frac=2", "data.needle_hand_frac=2.0 must be in"),
+    ("data.cards=-1", "data.cards=-1 must be >= 0"),
+    ("model.dynamic_yarn_positions=-5", "model.dynamic_yarn_positions=-5 must be >= 0"),
 ])
 def test_bad_overrides_name_the_key(bad, match):
     with pytest.raises(ConfigError, match=match):

@@ -119,6 +119,57 @@ def test_needle_sample_multiple_choice_form_answers_the_letter_of_the_code(pool)
     assert "The best answer is:" not in proc.decode(s["input_ids"].tolist())
 
 
+def test_card_sample_is_a_fresh_card_captioned_or_asked_as_multiple_choice():
+    """A fresh card sample: one card frame (the white paper), its code in the align caption form, or in the
+    four-option form answered with the letter of the card's code; a new rendering every draw; handwriting at
+    hand_frac."""
+    from longvila.data import world
+    from longvila.model import LongVILAProcessor, tiny_config
+
+    proc = LongVILAProcessor.from_config(tiny_config())
+    s = ds.card_sample(np.random.default_rng(0), proc, 32)
+    code = s["id"].split("-")[1]
+    assert s["num_frames"] == [1] and s["pixel_values"].shape == (1, 3, 32, 32)
+    assert proc.decode(s["labels"][s["labels"] != -100].tolist()).strip().startswith(f"A card shows the code {code}.")
+    assert "Describe the image." in proc.decode(s["input_ids"].tolist())
+    assert s["pixel_values"].mean() > 0.2  # white paper (pixels normalised to [-1, 1]; world frames are dim, < -0.2)
+    # the pixels are the card of that code drawn from the same stream
+    rng = np.random.default_rng(0)
+    rng.integers(0, 10, 3)
+    style = "hand" if rng.random() < 0.5 else "print"
+    want = proc.preprocess_frames(world.code_image(code, "train", rng, 32, 32, style)[None])
+    assert torch.equal(s["pixel_values"], want)
+    for seed in range(4):
+        m = ds.card_sample(np.random.default_rng(seed), proc, 32, mc_frac=1.0)
+        code = m["id"].split("-")[1]
+        text = proc.decode(m["input_ids"].tolist())
+        letter = proc.decode(m["labels"][m["labels"] != -100].tolist()).strip()[0]
+        assert "The best answer is:" in text and f"{letter}. {code}" in text.splitlines()
+    frames = [ds.card_sample(np.random.default_rng(seed), proc, 32, hand_frac=h)["pixel_values"]
+              for h in (0.0, 1.0) for seed in range(2)]
+    assert not torch.equal(frames[0], frames[1])  # fresh renderings
+    # handwriting (hand_frac=1) and print (0) of the same stream differ
+    assert not torch.equal(frames[0], frames[2])
+
+
+def test_stream_adds_fresh_cards_to_each_batch(tmp_path):
+    from longvila.data import sets
+    from longvila.model import LongVILAProcessor, tiny_config
+    from longvila.pipelines.config import Phase
+
+    cfg = sets.BuildConfig()
+    cfg.align.num_samples, cfg.align.per_shard = 8, 8
+    sets.build(cfg, tmp_path, sets=("align",), workers=1)
+    proc = LongVILAProcessor.from_config(tiny_config())
+    it = ds.stream(tmp_path, ("align",), Phase(1, 8, 1), seed=0, skip=0, dp_rank=0, dp=1, seq_len=256,
+                   processor=proc, cards=3)
+    for _ in range(3):
+        b = next(it)
+        cards = [i for i in b["sample_ids"] if i.startswith("card-")]
+        assert len(cards) == 3 and len(b["sample_ids"]) == 8 + 3
+        assert b["pixel_values"].shape[0] == 8 + 3 and b["num_frames"] == [1] * 11
+
+
 def test_mc_text_sample_asks_about_the_written_description_and_answers_its_letter():
     from longvila.data import questions as Q
     from longvila.data.world import make_image

@@ -80,6 +80,8 @@ def test_five_stage_smoke_run(tmp_path):
     text3 = json.loads((out / "stage3" / "config.json").read_text())["text_config"]
     assert text3["rope_parameters"]["rope_theta"] == 1e4 and text3["max_position_embeddings"] == 2048
     assert text3.get("logn_attention_base") is None and text["logn_attention_base"] == stage5().model.logn_base
+    assert text3.get("dynamic_yarn_positions") is None
+    assert text["dynamic_yarn_positions"] == stage5().model.dynamic_yarn_positions == 1536
     for n in (3, 5):
         summary = json.loads((out / f"stage{n}" / "summary.json").read_text())
         for ev in (summary["eval_before"], summary["eval"]):  # the starting model and the trained one

@@ -51,6 +51,36 @@ def test_stage_configs_and_validation():
         apply_overrides(stage1(), ["vision_pretrain.batch=1"])
     with pytest.raises(ConfigError, match="vision_pretrain"):
         apply_overrides(stage1(), ["vision_pretrain.steps=-1"])
+    assert stage1().vision_pretrain.fresh_cards > 0
+    for bad in ("vision_pretrain.fresh_cards=-1", "vision_pretrain.hand_frac=1.5"):
+        with pytest.raises(ConfigError, match="fresh_cards >= 0 and hand_frac"):
+            apply_overrides(stage1(), [bad])
+
+
+def test_fresh_cards_extend_each_batch_with_new_captioned_cards():
+    """fresh_cards: n freshly rendered cards with their align-style captions follow the batch's own pairs."""
+    import numpy as np
+
+    from longvila.model import LongVILAProcessor, tiny_config
+    from longvila.pipelines.vision_pretrain import _with_fresh_cards
+
+    proc = LongVILAProcessor.from_config(tiny_config())
+    pix, caps = torch.zeros(3, 3, 32, 32), [torch.tensor([1, 2])] * 3
+    rng = np.random.default_rng(0)
+    captions = {}
+    p2, c2 = _with_fresh_cards(pix, caps, 5, rng, proc, 0.5, captions)
+    assert p2.shape == (8, 3, 32, 32) and torch.equal(p2[:3], pix) and c2[:3] == caps
+    texts = [proc.decode(c.tolist()) for c in c2[3:]]
+    assert all(t.startswith("A card shows the code ") for t in texts), texts
+    assert len({t for t in texts}) > 1 and not torch.equal(p2[3], p2[4])
+    p3, _ = _with_fresh_cards(pix, caps, 5, rng, proc, 0.5, captions)
+    assert not torch.equal(p2[3:], p3[3:])  # every batch draws new cards
+    # the same draws as a fresh card sample of the training streams
+    from longvila.pipelines.datasource import card_sample
+
+    one = card_sample(np.random.default_rng(1), proc, 32)
+    p4, c4 = _with_fresh_cards(pix, caps, 1, np.random.default_rng(1), proc, 0.5, {})
+    assert torch.equal(p4[3:], one["pixel_values"]) and torch.equal(c4[3], one["input_ids"][one["labels"] != -100])
 
 
 @pytest.mark.slow
