@@ -131,7 +131,7 @@ class BuildConfig:
 
     def card_style(self, rng: np.random.Generator) -> str:
         """The style of one code card: "hand" with probability ``card_hand_frac``, else "print"."""
-        return "hand" if rng.random() < self.card_hand_frac else "print"
+        return world.card_style(rng, self.card_hand_frac)
 
 
 def world_seed(cfg: BuildConfig, set_name: str, index: int) -> int:

@@ -364,6 +364,19 @@ def code_image(code: str, split: str = "eval", rng: np.random.Generator | int | 
     return (img + 0.5).clip(0, 255).astype(np.uint8)
 
 
+def card_style(rng: np.random.Generator, hand_frac: float) -> str:
+    """One card's style: "hand" with probability ``hand_frac``, else "print" (one draw of ``rng``)."""
+    return "hand" if rng.random() < hand_frac else "print"
+
+
+def random_card(rng: np.random.Generator, split: str, height: int, width: int, hand_frac: float,
+                n_digits: int = 3) -> tuple[str, np.ndarray]:
+    """A freshly drawn (code, card): ``n_digits`` random digits, a style (``card_style``), then the card
+    (``code_image``), all drawn from ``rng`` in that order."""
+    code = "".join(str(int(d)) for d in rng.integers(0, 10, n_digits))
+    return code, code_image(code, split, rng, height, width, card_style(rng, hand_frac))
+
+
 def card_cells(cards: np.ndarray, n_digits: int) -> np.ndarray:
     """The digit cells of code cards, for readers: (B, H, W, 3) uint8 -> (n_digits, B, ch * cw) float32 grey
     levels in [0, 1], place by place (the layout of ``code_image``)."""

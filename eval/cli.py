@@ -27,6 +27,8 @@ def _ints(s: str) -> tuple[int, ...]:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from longvila.data.world import CARD_STYLES
+
     p = argparse.ArgumentParser(prog="longvila eval", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     n = sub.add_parser("needle", help="needle in a haystack over (frame counts x depths)")
@@ -43,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="haystack frames of the reading-reference cells (0: the card alone)")
     n.add_argument("--reference-cards", type=int, default=4000,
                    help="training cards of the reference reader (a pixel SVM); 0 skips it")
-    n.add_argument("--style", default="print", choices=("print", "hand"),
+    n.add_argument("--style", default="print", choices=CARD_STYLES,
                    help="needle cards printed, or handwritten by held-out writers")
     n.add_argument("--result-name", default=None,
                    help="leaderboard result name (default needle-FRAMES, -hand for handwriting; '' to skip)")

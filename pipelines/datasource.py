@@ -152,7 +152,7 @@ def needle_sample(pool: tuple[dict[str, Any], ...], frames: int, rng: np.random.
     probability ``hand_frac``, else printed) inserted at a random depth, and the question the needle
     evaluation asks, with probability ``mc_frac`` in the four-option form (``code_question``). Returns what
     ``encode_sample`` returns."""
-    from longvila.data.world import code_image
+    from longvila.data.world import random_card
 
     videos = [i for i, s in enumerate(pool) if "mp4" in s]
     if not videos:
@@ -164,8 +164,7 @@ def needle_sample(pool: tuple[dict[str, Any], ...], frames: int, rng: np.random.
         parts.append(take)
         need -= len(take)
     hay = np.concatenate(parts)[:frames]
-    code = "".join(str(int(d)) for d in rng.integers(0, 10, code_digits))
-    card = code_image(code, "train", rng, hay.shape[1], hay.shape[2], "hand" if rng.random() < hand_frac else "print")
+    code, card = random_card(rng, "train", hay.shape[1], hay.shape[2], hand_frac, code_digits)
     at = int(rng.integers(0, len(hay) + 1))
     video = np.concatenate([hay[:at], card[None], hay[at:]])
     question, answer = code_question(code, rng, mc_frac)
@@ -193,6 +192,14 @@ def code_question(code: str, rng: np.random.Generator, mc_frac: float = 0.0) -> 
 CARD_PROMPT = "Describe the image."  # the align set's captioning prompt
 
 
+def card_caption(code: str) -> str:
+    """The align set's caption of a card of ``code`` ("A card shows the code 471.")."""
+    from longvila.data.questions import sentence
+    from longvila.data.world import Event
+
+    return sentence(Event(frame=0, time=0.0, kind="code", code=code))
+
+
 def card_sample(rng: np.random.Generator, processor, size: int, hand_frac: float = 0.5,
                 code_digits: int = 3, mc_frac: float = 0.0) -> dict[str, Any]:
     """A freshly drawn code card (training split; handwritten with probability ``hand_frac``, else printed) as
@@ -200,13 +207,11 @@ def card_sample(rng: np.random.Generator, processor, size: int, hand_frac: float
     ``mc_frac``, asked for its code in the four-option form (``code_question``). Unlike the align set's fixed
     cards, every call renders a new code, typeface or handwriting, size and offset, so reading is learnt from
     unlimited renderings. Returns what ``encode_sample`` returns (one frame of ``size`` x ``size``)."""
-    from longvila.data.questions import sentence
-    from longvila.data.world import Event, code_image
+    from longvila.data.world import random_card
 
-    code = "".join(str(int(d)) for d in rng.integers(0, 10, code_digits))
-    card = code_image(code, "train", rng, size, size, "hand" if rng.random() < hand_frac else "print")
+    code, card = random_card(rng, "train", size, size, hand_frac, code_digits)
     question, answer = code_question(code, rng, 1.0) if mc_frac and rng.random() < mc_frac else (
-        CARD_PROMPT, sentence(Event(frame=0, time=0.0, kind="code", code=code)))
+        CARD_PROMPT, card_caption(code))
     conv = [{"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": answer}]
     enc = processor.encode_conversation(conv, [1])
     return {"input_ids": enc["input_ids"], "labels": enc["labels"], "pixel_values": processor.preprocess_frames(card[None]),

@@ -116,13 +116,13 @@ def _with_fresh_cards(pix: torch.Tensor, caps: list[torch.Tensor], n: int, rng, 
     once per run).
     NOTE: two cards of a batch with the same code are a true match the loss counts as a mismatch; with 1,000
     codes and tens of cards a batch, that is rare noise."""
-    from longvila.data.world import code_image
+    from longvila.data.world import random_card
 
     size = pix.shape[-1]
     codes, cards = [], []
     for _ in range(n):
-        code = "".join(str(int(d)) for d in rng.integers(0, 10, 3))
-        cards.append(code_image(code, "train", rng, size, size, "hand" if rng.random() < hand_frac else "print"))
+        code, card = random_card(rng, "train", size, size, hand_frac)
+        cards.append(card)
         codes.append(code)
         if code not in captions:
             captions[code] = _card_caption(processor, code)
@@ -131,12 +131,9 @@ def _with_fresh_cards(pix: torch.Tensor, caps: list[torch.Tensor], n: int, rng, 
 
 def _card_caption(processor, code: str) -> torch.Tensor:
     """The caption tokens of a card of ``code`` as ``load_pairs`` reads them from an align sample."""
-    from longvila.data.questions import sentence
-    from longvila.data.world import Event
-    from longvila.pipelines.datasource import CARD_PROMPT
+    from longvila.pipelines.datasource import CARD_PROMPT, card_caption
 
-    conv = [{"from": "human", "value": f"<image>\n{CARD_PROMPT}"},
-            {"from": "gpt", "value": sentence(Event(frame=0, time=0.0, kind="code", code=code))}]
+    conv = [{"from": "human", "value": f"<image>\n{CARD_PROMPT}"}, {"from": "gpt", "value": card_caption(code)}]
     enc = processor.encode_conversation(conv, [1])
     return enc["input_ids"][enc["labels"] != -100]
 
