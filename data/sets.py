@@ -176,8 +176,7 @@ def sample_align(cfg: BuildConfig, index: int, set_name: str = "align") -> dict[
     seed = world_seed(cfg, set_name, index)
     rng = np.random.default_rng([seed, 3])
     if rng.random() < cfg.set_config(set_name).code_frac:  # a code card: its caption is its code
-        code = "".join(map(str, rng.integers(0, 10, 3)))
-        frame = world.code_image(code, split_of(set_name), rng, cfg.height, cfg.width, cfg.card_style(rng))
+        code, frame = world.random_card(rng, split_of(set_name), cfg.height, cfg.width, cfg.card_hand_frac)
         events = [world.Event(frame=0, time=0.0, kind="code", code=code, end_frame=0)]
         cap = Q.sentence(events[0])
     else:
