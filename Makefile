@@ -18,7 +18,7 @@ export PYTHONUNBUFFERED ?= 1
 
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
 
-.PHONY: all setup browser-setup lmms-eval data train-all-stages needle videomme leaderboards bench bench-sp bench-data test test-fast lint tokenizer clean
+.PHONY: all setup browser-setup lmms-eval data train-all-stages needle videomme leaderboards bench bench-sp bench-packed bench-data test test-fast lint tokenizer clean
 
 all: setup data train-all-stages needle videomme leaderboards
 	@echo "leaderboard: leaderboards/README.md and leaderboards/index.html"
@@ -64,10 +64,14 @@ lmms-eval: setup
 leaderboards: setup
 	$(LV) leaderboards build
 
-bench: bench-sp bench-data
+bench: bench-sp bench-packed bench-data
 
 bench-sp: setup
 	$(LV) parallel bench --out $(ART)/bench/sp --publish
+
+# packed training rows on one rank: masked SDPA vs per-sample attention (printed table)
+bench-packed: setup
+	$(LV) parallel bench-packed --tokens 1024,4096
 
 bench-data: setup
 	$(LV) data bench --out $(ART)/bench/data --publish

@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--frames", type=int, default=192, help="frames in the video-heavy packed batch")
     b.add_argument("--publish", action="store_true", help="also write leaderboards/results/sp-bench.json")
     b.add_argument("--frames-tokens", type=int, default=1024, help="tokens of the video-heavy packed batch")
+    from . import bench_packed
+
+    bench_packed.add_args(sub.add_parser("bench-packed", help="packed-row attention: masked SDPA vs per-sample paths"))
     args = ap.parse_args(argv)
 
     if args.cmd == "plan":
@@ -47,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             ap.error(str(e))
         return 0
+
+    if args.cmd == "bench-packed":
+        return bench_packed.run_cli(ap, args)
 
     from .bench import HEADS, BenchConfig, run_bench
 

@@ -9,9 +9,14 @@ Design choices:
 - GQA: K/V arrive with their own (fewer) heads; they are expanded here, after communication, and the
   K/V gradients are summed back over each head group.
 - Packed samples: ``q_seg``/``k_seg`` give each token's sample id (the global start index of its sample).
-  If a block lies inside one sample the fast causal / full path runs; otherwise a float block mask
-  (same-sample AND causal) is built. The flash op reports lse = 0 for a fully masked row; we set it to
-  -inf so that the merge ignores the row.
+  If a block lies inside one sample the fast causal / full path runs. Otherwise the block is cut into one
+  sub-block per sample (``segment_plan``): a sample's queries form one run of the block and its keys one
+  run of the visiting block (local order follows global order, and a sample is a contiguous global
+  range), so each sub-block is a plain full or causal kernel call and the work is sum(n_q x n_k) over the
+  samples instead of Sq x Sk with a mask. Queries whose sample has no key in the block keep out = 0 and
+  lse = -inf, which the merge ignores. Layouts the plan does not cover (rows of a batch packed
+  differently, a sample in several runs) fall back to a float block mask (same-sample AND causal); the
+  flash op reports lse = 0 for a fully masked row, which is set to -inf.
 - The merge keeps the running output and LSE in fp32 whatever the input dtype.
 """
 
@@ -53,6 +58,50 @@ def block_mask(
     return mask.unsqueeze(1), (~allowed.any(-1)).unsqueeze(1)
 
 
+def _runs(seg: torch.Tensor) -> list[tuple[int, int, int]]:
+    """seg (S,) -> [(id, start, end), ...]: maximal runs of equal ids in order."""
+    change = torch.ones(seg.shape[0], dtype=torch.bool)
+    change[1:] = seg[1:] != seg[:-1]
+    starts = change.nonzero().flatten().tolist()
+    ids = seg[starts].tolist()
+    return list(zip(ids, starts, [*starts[1:], seg.shape[0]], strict=True))
+
+
+Plan = list[tuple[int, int, int, int, bool]]
+
+
+def segment_plan(q_seg: torch.Tensor | None, k_seg: torch.Tensor | None, causal: bool) -> Plan | None:
+    """Sub-blocks (q_start, q_end, k_start, k_end, causal) of a packed block, one per sample with queries in
+    it, or None when the plain kernel (no packing inside the block) or the masked fallback must run.
+
+    Holds for the ring schedules: a causal block has the same tokens as queries and keys; in a non-causal
+    block every key precedes every query, so a sample's queries see all its keys.
+    """
+    if q_seg is None or k_seg is None:
+        return None
+    first = q_seg.reshape(-1)[:1]
+    if bool((q_seg == first).all()) and bool((k_seg == first).all()):
+        return None  # one sample: the plain kernel
+    if q_seg.shape[0] > 1 and not (bool((q_seg == q_seg[:1]).all()) and bool((k_seg == k_seg[:1]).all())):
+        return None  # rows packed differently: masked fallback
+    if causal and (q_seg.shape != k_seg.shape or not bool((q_seg == k_seg).all())):
+        return None
+    qr, kr = _runs(q_seg[0]), _runs(k_seg[0])
+    keys = {}
+    for sid, a, b in kr:
+        if sid in keys:
+            return None  # a sample in two runs of the keys: masked fallback
+        keys[sid] = (a, b)
+    plan, seen = [], set()
+    for sid, a, b in qr:
+        if sid in seen:
+            return None
+        seen.add(sid)
+        if sid in keys:
+            plan.append((a, b, *keys[sid], causal))
+    return plan
+
+
 def block_forward(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float | None = None,
     q_seg: torch.Tensor | None = None, k_seg: torch.Tensor | None = None,
@@ -60,6 +109,15 @@ def block_forward(
     """q (B, H, Sq, D), k/v (B, Hkv, Sk, D), segs (B, Sq)/(B, Sk) -> out (B, H, Sq, D) in q's dtype,
     lse (B, H, Sq) fp32. ``causal`` aligns top-left (used with Sq == Sk)."""
     h = q.shape[1]
+    plan = segment_plan(q_seg, k_seg, causal)
+    if plan is not None:
+        k, v = _expand_kv(k, h), _expand_kv(v, h)
+        out = torch.zeros_like(q)
+        lse = torch.full(q.shape[:3], float("-inf"), dtype=torch.float32)
+        for qa, qb, ka, kb, c in plan:
+            o, l_ = _fwd(q[:, :, qa:qb], k[:, :, ka:kb], v[:, :, ka:kb], 0.0, c, scale=scale)
+            out[:, :, qa:qb], lse[:, :, qa:qb] = o, l_.float()
+        return out, lse
     mask, empty = block_mask(q_seg, k_seg, causal, q.dtype)
     out, lse = _fwd(
         q, _expand_kv(k, h), _expand_kv(v, h), 0.0, causal and mask is None, attn_mask=mask, scale=scale
@@ -78,6 +136,18 @@ def block_backward(
     """Gradients of one block given the final ``out`` (B, H, Sq, D) and ``lse`` (B, H, Sq):
     -> dq (B, H, Sq, D), dk, dv (B, Hkv, Sk, D)."""
     h, hkv = q.shape[1], k.shape[1]
+    plan = segment_plan(q_seg, k_seg, causal)
+    if plan is not None:
+        ke, ve = _expand_kv(k, h), _expand_kv(v, h)
+        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(ke), torch.zeros_like(ve)
+        dout, out, lse = dout.contiguous(), out.contiguous(), lse.contiguous()
+        for qa, qb, ka, kb, c in plan:
+            gq, gk, gv = _bwd(dout[:, :, qa:qb], q[:, :, qa:qb], ke[:, :, ka:kb], ve[:, :, ka:kb],
+                              out[:, :, qa:qb], lse[:, :, qa:qb], 0.0, c, scale=scale)
+            dq[:, :, qa:qb] += gq
+            dk[:, :, ka:kb] += gk
+            dv[:, :, ka:kb] += gv
+        return dq, _reduce_kv_grad(dk, hkv), _reduce_kv_grad(dv, hkv)
     mask, _ = block_mask(q_seg, k_seg, causal, q.dtype)
     dq, dk, dv = _bwd(
         dout.contiguous(), q, _expand_kv(k, h), _expand_kv(v, h), out.contiguous(), lse.contiguous(), 0.0,

@@ -111,6 +111,80 @@ def test_one_rank_attention_gradients_match_sdpa_packed():
         torch.testing.assert_close(a.grad, b.grad, atol=2e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("lengths", [((1, 7, 1, 12, 3), (4, 20)), ((24,), (24,)), ((5, 5, 5, 5, 4), (3, 21))])
+def test_one_rank_rows_packed_differently_equal_masked_attention(lengths):
+    """On one ring rank, rows packed differently (run row by row, each with the kernel's per-sample plan)
+    give per-row masked SDPA: output and every gradient, GQA and a custom scale included."""
+    torch.manual_seed(1)
+    pos = torch.stack([torch.cat([torch.arange(n) for n in row]) for row in lengths])
+    seg = segment_ids_from_positions(pos, SPMesh.single(), 2)
+    s = pos.shape[1]
+    q, k, v = torch.randn(2, 4, s, 8), torch.randn(2, 2, s, 8), torch.randn(2, 2, s, 8)
+    a = [t.clone().requires_grad_() for t in (q, k, v)]
+    b = [t.clone().requires_grad_() for t in (q, k, v)]
+    out = sp_attention(*a, SPMesh.single(), seg, scale=0.3)
+    mask = torch.ones(s, s, dtype=torch.bool).tril() & (seg[:, :, None] == seg[:, None, :])
+    ref = F.scaled_dot_product_attention(*b, attn_mask=mask[:, None], scale=0.3, enable_gqa=True)
+    g = torch.randn_like(ref)
+    out.backward(g)
+    ref.backward(g)
+    torch.testing.assert_close(out, ref, atol=2e-6, rtol=1e-5)
+    for x, y in zip(a, b, strict=True):
+        torch.testing.assert_close(x.grad, y.grad, atol=2e-6, rtol=1e-5)
+
+
+def _seg_ids(lengths, start=0):
+    return torch.cat([torch.full((n,), start + sum(lengths[:i])) for i, n in enumerate(lengths)])[None]
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("rows_differ", [False, True])
+def test_block_kernel_per_sample_plan_equals_masked_attention(causal, rows_differ):
+    """A packed block computed sample by sample (``segment_plan``) gives the masked attention's output,
+    LSE and gradients; rows packed differently take the masked fallback and agree too. Non-causal blocks
+    are laid out as the ring has them: every key before every query, a sample running across the gap."""
+    from longvila.parallel.kernels import block_backward, segment_plan
+
+    torch.manual_seed(3)
+    if causal:
+        q_seg = k_seg = _seg_ids([5, 1, 9, 7])
+        allowed = (q_seg[0][:, None] == k_seg[0][None, :]) & torch.ones(22, 22, dtype=torch.bool).tril()
+    else:  # keys: positions 0..17 (samples at 0, 6, 10); queries: positions 30..45 (sample 10 goes on, then 40)
+        k_seg, q_seg = _seg_ids([6, 4, 8]), torch.cat([torch.full((10,), 10), torch.full((6,), 40)])[None]
+        allowed = q_seg[0][:, None] == k_seg[0][None, :]
+    if rows_differ:
+        q_seg = torch.cat([q_seg, q_seg.roll(1, 1)]) if not causal else torch.cat([q_seg, q_seg.flip(1)])
+        k_seg = q_seg if causal else torch.cat([k_seg, k_seg])
+        assert segment_plan(q_seg, k_seg, causal) is None
+    else:
+        assert segment_plan(q_seg, k_seg, causal) is not None
+        q_seg, k_seg = q_seg.expand(2, -1), k_seg.expand(2, -1)
+    sq, sk = q_seg.shape[1], k_seg.shape[1]
+    q = torch.randn(2, 4, sq, 8, requires_grad=True)
+    k, v = (torch.randn(2, 2, sk, 8, requires_grad=True) for _ in range(2))
+    out, lse = block_forward(q, k, v, causal, 0.5, q_seg, k_seg)
+    mask = torch.stack([(q_seg[b][:, None] == k_seg[b][None, :]) & (torch.ones(sq, sk, dtype=torch.bool).tril()
+                        if causal else True) for b in range(2)])[:, None]
+    if not rows_differ:
+        assert torch.equal(mask[0, 0], allowed)
+    logits = (q @ k.repeat_interleave(2, 1).transpose(-1, -2)) * 0.5
+    logits = logits.masked_fill(~mask, float("-inf"))
+    ref_lse = torch.logsumexp(logits, -1)
+    empty = ~mask.any(-1)
+    ref = torch.softmax(logits.masked_fill(empty[..., None], 0.0), -1).masked_fill(empty[..., None], 0.0) \
+        @ v.repeat_interleave(2, 1)
+    torch.testing.assert_close(out, ref, atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(lse, ref_lse.masked_fill(empty, float("-inf")), atol=2e-6, rtol=1e-5)
+    g = torch.randn_like(ref)
+    # the ring passes the final LSE, finite for every row (a token sees itself at step 0)
+    final_lse = lse.masked_fill(torch.isinf(lse), 0.0)
+    dq, dk, dv = block_backward(g, q.detach(), k.detach(), v.detach(), out.detach(), final_lse, causal, 0.5, q_seg,
+                                k_seg)
+    rq, rk, rv = torch.autograd.grad(ref, (q, k, v), g)
+    for a, b in ((dq, rq), (dk, rk), (dv, rv)):
+        torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-5)
+
+
 def test_bad_local_shapes_fail_clearly():
     with pytest.raises(ValueError, match="do not match"):
         sp_attention(torch.randn(1, 4, 8, 4), torch.randn(1, 3, 8, 4), torch.randn(1, 3, 8, 4), SPMesh.single())
@@ -229,6 +303,24 @@ def test_cli_plan_explains_and_rejects_bad_input(capsys):
     with pytest.raises(SystemExit):
         main(["bench", "--out", "/tmp/x", "--worlds", "3"])
     assert "cannot split" in capsys.readouterr().err
+
+
+def test_packed_bench_rows_sum_to_their_length_and_methods_agree(capsys):
+    from longvila.parallel.bench_packed import packed_lengths
+    from longvila.parallel.cli import main
+
+    for total in (2, 100, 1000):
+        lengths = packed_lengths(total, seed=3)
+        assert sum(lengths) == total and min(lengths) > 0
+    assert len(packed_lengths(1000, seed=3)) > 10  # a packed row: many samples
+    assert main(["bench-packed", "--tokens", "200", "--reps", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "| 200 (" in out and "masked SDPA" in out
+    worst = float(out.rsplit("masked SDPA|", 1)[1].split(":")[1])
+    assert worst < 1e-5
+    with pytest.raises(SystemExit):
+        main(["bench-packed", "--tokens", "1x"])
+    assert "--tokens" in capsys.readouterr().err
 
 
 def test_public_api_resolves():
