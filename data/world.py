@@ -369,11 +369,22 @@ def card_style(rng: np.random.Generator, hand_frac: float) -> str:
     return "hand" if rng.random() < hand_frac else "print"
 
 
+def random_code(rng: np.random.Generator, n_digits: int = 3, repeat_frac: float = 0.0) -> str:
+    """``n_digits`` random digits; with probability ``repeat_frac`` one digit is copied onto another place, so
+    the code repeats a digit (uniform codes of 3 digits repeat one 28% of the time, the first two places
+    10%). With ``repeat_frac`` 0 no extra number is drawn, so the stream is that of plain uniform codes."""
+    digits = [int(d) for d in rng.integers(0, 10, n_digits)]
+    if repeat_frac and n_digits > 1 and rng.random() < repeat_frac:
+        src, dst = (int(i) for i in rng.choice(n_digits, 2, replace=False))
+        digits[dst] = digits[src]
+    return "".join(str(d) for d in digits)
+
+
 def random_card(rng: np.random.Generator, split: str, height: int, width: int, hand_frac: float,
-                n_digits: int = 3) -> tuple[str, np.ndarray]:
-    """A freshly drawn (code, card): ``n_digits`` random digits, a style (``card_style``), then the card
+                n_digits: int = 3, repeat_frac: float = 0.0) -> tuple[str, np.ndarray]:
+    """A freshly drawn (code, card): a code (``random_code``), a style (``card_style``), then the card
     (``code_image``), all drawn from ``rng`` in that order."""
-    code = "".join(str(int(d)) for d in rng.integers(0, 10, n_digits))
+    code = random_code(rng, n_digits, repeat_frac)
     return code, code_image(code, split, rng, height, width, card_style(rng, hand_frac))
 
 

@@ -146,12 +146,13 @@ def encode_sample(sample: dict[str, Any], frames: int, seq_len: int, processor, 
 
 
 def needle_sample(pool: tuple[dict[str, Any], ...], frames: int, rng: np.random.Generator, processor,
-                  code_digits: int = 3, mc_frac: float = 0.0, hand_frac: float = 0.5) -> dict[str, Any]:
+                  code_digits: int = 3, mc_frac: float = 0.0, hand_frac: float = 0.5,
+                  repeat_frac: float = 0.0) -> dict[str, Any]:
     """A synthetic needle-in-a-haystack sample: ``frames`` haystack frames (uniform samples of the pool's
     videos, several videos if one is too short) with a code card (handwritten with train-split digits with
     probability ``hand_frac``, else printed) inserted at a random depth, and the question the needle
-    evaluation asks, with probability ``mc_frac`` in the four-option form (``code_question``). Returns what
-    ``encode_sample`` returns."""
+    evaluation asks, with probability ``mc_frac`` in the four-option form (``code_question``); with probability
+    ``repeat_frac`` the code repeats a digit (``world.random_code``). Returns what ``encode_sample`` returns."""
     from longvila.data.world import random_card
 
     videos = [i for i, s in enumerate(pool) if "mp4" in s]
@@ -164,7 +165,7 @@ def needle_sample(pool: tuple[dict[str, Any], ...], frames: int, rng: np.random.
         parts.append(take)
         need -= len(take)
     hay = np.concatenate(parts)[:frames]
-    code, card = random_card(rng, "train", hay.shape[1], hay.shape[2], hand_frac, code_digits)
+    code, card = random_card(rng, "train", hay.shape[1], hay.shape[2], hand_frac, code_digits, repeat_frac)
     at = int(rng.integers(0, len(hay) + 1))
     video = np.concatenate([hay[:at], card[None], hay[at:]])
     question, answer = code_question(code, rng, mc_frac)
@@ -201,7 +202,7 @@ def card_caption(code: str) -> str:
 
 
 def card_sample(rng: np.random.Generator, processor, size: int, hand_frac: float = 0.5,
-                code_digits: int = 3, mc_frac: float = 0.0) -> dict[str, Any]:
+                code_digits: int = 3, mc_frac: float = 0.0, repeat_frac: float = 0.0) -> dict[str, Any]:
     """A freshly drawn code card (training split; handwritten with probability ``hand_frac``, else printed) as
     an image-caption sample in the align set's form ("A card shows the code 471.") or, with probability
     ``mc_frac``, asked for its code in the four-option form (``code_question``). Unlike the align set's fixed
@@ -209,7 +210,7 @@ def card_sample(rng: np.random.Generator, processor, size: int, hand_frac: float
     unlimited renderings. Returns what ``encode_sample`` returns (one frame of ``size`` x ``size``)."""
     from longvila.data.world import random_card
 
-    code, card = random_card(rng, "train", size, size, hand_frac, code_digits)
+    code, card = random_card(rng, "train", size, size, hand_frac, code_digits, repeat_frac)
     question, answer = code_question(code, rng, 1.0) if mc_frac and rng.random() < mc_frac else (
         CARD_PROMPT, card_caption(code))
     conv = [{"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": answer}]
@@ -314,7 +315,7 @@ def stream(data_root: str | Path, sets: tuple[str, ...], phase: Phase, seed: int
            dp: int, seq_len: int, processor, needle_frac: float = 0.0, max_turns: int = 0,
            needle_mc_frac: float = 0.0, loss_weighting: str = "token",
            mc_text_frac: float = 0.0, needle_hand_frac: float = 0.5,
-           cards: int = 0) -> Iterator[dict[str, Any]]:
+           cards: int = 0, code_repeat_frac: float = 0.0) -> Iterator[dict[str, Any]]:
     """Endless micro-batches of a dp rank, starting at micro-batch ``skip`` (see the module docstring).
 
     Micro-batch m holds the samples at stream positions [m*B, (m+1)*B); a sample that fails to decode is
@@ -325,6 +326,7 @@ def stream(data_root: str | Path, sets: tuple[str, ...], phase: Phase, seed: int
     ``mc_text_frac``: the fraction replaced by ``mc_text_sample``s (multiple choice on a written description).
     ``cards``: freshly drawn code cards added to every micro-batch (``card_sample``; handwritten at
     ``needle_hand_frac``, asked in the multiple-choice form at ``needle_mc_frac``).
+    ``code_repeat_frac``: the share of needle and fresh-card codes that repeat a digit (``world.random_code``).
     """
     from longvila.data.video_io import VideoError
 
@@ -337,13 +339,13 @@ def stream(data_root: str | Path, sets: tuple[str, ...], phase: Phase, seed: int
         n_needle = int(needle_frac * phase.batch + rng.random()) if needle_frac else 0
         for _ in range(n_needle):
             items.append(needle_sample(pool, phase.frames, rng, processor, mc_frac=needle_mc_frac,
-                                       hand_frac=needle_hand_frac))
+                                       hand_frac=needle_hand_frac, repeat_frac=code_repeat_frac))
         n_mc = min(int(mc_text_frac * phase.batch + rng.random()), phase.batch - n_needle) if mc_text_frac else 0
         for _ in range(n_mc):
             items.append(mc_text_sample(pool, rng, processor, mc_cands))
         for _ in range(cards):
             items.append(card_sample(rng, processor, processor.settings.image_size, needle_hand_frac,
-                                     mc_frac=needle_mc_frac))
+                                     mc_frac=needle_mc_frac, repeat_frac=code_repeat_frac))
         for i in rank_order(len(pool), seed, dp_rank, dp, m * phase.batch, phase.batch - n_needle - n_mc):
             seen += 1
             try:

@@ -148,7 +148,7 @@ def make_task(cfg: StageConfig, data_root: str | Path) -> Task:
                                  processor=state["processor"], needle_frac=cfg.data.needle_frac, max_turns=cfg.data.max_turns,
                                  needle_mc_frac=cfg.data.needle_mc_frac, loss_weighting=cfg.data.loss_weighting,
                                  mc_text_frac=cfg.data.mc_text_frac, needle_hand_frac=cfg.data.needle_hand_frac,
-                                 cards=cfg.data.cards)
+                                 cards=cfg.data.cards, code_repeat_frac=cfg.data.code_repeat_frac)
 
     def evaluate(model, ctx: Context) -> dict[str, Any]:
         from longvila.pipelines.evaluate import short_video_qa

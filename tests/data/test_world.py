@@ -146,3 +146,18 @@ def test_bad_options_raise():
         world.make_video(0, 4, colour="red")
     with pytest.raises(ValueError, match="unknown keys"):
         world.Event.from_dict({"frame": 0, "time": 0, "kind": "cut", "bogus": 1})
+
+
+def test_random_code_repeats_at_the_asked_rate_and_leaves_the_plain_stream_alone():
+    def repeats(code):
+        return len(set(code)) < len(code)
+
+    a, b = np.random.default_rng(5), np.random.default_rng(5)
+    plain = [world.random_code(a, 3) for _ in range(200)]
+    assert plain == ["".join(str(int(d)) for d in b.integers(0, 10, 3)) for _ in range(200)]  # no extra draws
+    assert a.random() == b.random()
+    rng = np.random.default_rng(6)
+    share = np.mean([repeats(world.random_code(rng, 3, 0.5)) for _ in range(4000)])
+    assert abs(share - (0.5 + 0.5 * 0.28)) < 0.03  # half forced, the rest repeat by chance (28%)
+    assert all(repeats(world.random_code(rng, 4, 1.0)) for _ in range(200))
+    assert all(len(world.random_code(rng, 1, 1.0)) == 1 for _ in range(20))
