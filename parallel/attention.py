@@ -3,10 +3,8 @@ zigzag-sharded sequence, over any layout (Ulysses x ring), with GQA and packed s
 
 ``sp_attention(q, k, v, mesh, segment_ids=None, scale=None)`` is the public entry. Layout:
 Ulysses all-to-all over ``sp_ulysses`` (consecutive ranks) around the zigzag ring over ``sp_ring``
-(strided ranks). With one ring rank (a one-rank mesh, or Ulysses alone) the sequence the inner attention
-sees is whole and in global order; rows of a batch packed differently then run one by one, so that each
-takes the block kernel's per-sample plan (each sample's block only) instead of one masked attention over
-the row.
+(strided ranks). On a one-rank mesh it is local causal attention; packed samples are computed sample by
+sample (the block kernel's per-sample plans), never as one masked attention over the row.
 
 Packed samples: ``segment_ids`` give each token's sample; ``segment_ids_from_positions`` derives them
 from position ids that restart at 0 at each sample (sample id = global index - position), using the
@@ -20,7 +18,7 @@ import math
 
 import torch
 
-from .comm import agree_shapes, group_size
+from .comm import agree_shapes
 from .mesh import SPMesh
 from .ring_attn import zigzag_ring_attention
 from .ring_basic import basic_ring_attention
@@ -72,15 +70,6 @@ def _check_local(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seg: torch.T
         raise ValueError(f"segment_ids shape {tuple(seg.shape)} != (B, S_local) = {(b, s)}")
 
 
-def _one_ring_rank(ring_fn, q, k, v, segment_ids=None, scale=None):
-    """The inner attention when the ring has one rank (one local block): rows packed differently run row by
-    row, so each gets the kernel's per-sample plan; otherwise the whole batch in one call."""
-    if segment_ids is None or q.shape[0] == 1 or bool((segment_ids == segment_ids[:1]).all()):
-        return ring_fn(q, k, v, segment_ids=segment_ids, scale=scale)
-    return torch.cat([ring_fn(q[r:r + 1], k[r:r + 1], v[r:r + 1], segment_ids=segment_ids[r:r + 1], scale=scale)
-                      for r in range(q.shape[0])])
-
-
 def sp_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mesh: SPMesh,
     segment_ids: torch.Tensor | None = None, scale: float | None = None, ring: str = "zigzag",
@@ -101,6 +90,4 @@ def sp_attention(
         raise ValueError(f"unknown ring {ring!r}; choose from {sorted(RINGS)}")
     agree_shapes(q, mesh.sp_group, "sp_attention(q)")
     inner = functools.partial(RINGS[ring], group=mesh.ring_group)
-    if group_size(mesh.ring_group) == 1:
-        inner = functools.partial(_one_ring_rank, inner)
     return ulysses_attention(q, k, v, mesh.ulysses_group, inner, segment_ids, scale)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from longvila.utils import machine_info
 
+from .kernels import segment_runs
 from .ring_attn import zigzag_ring_attention
 
 HEADS, HEAD_DIM = 4, 64
@@ -52,16 +53,9 @@ def _masked(q, k, v, seg):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
-def _runs(seg: torch.Tensor) -> list[tuple[int, int]]:
-    change = torch.ones_like(seg, dtype=torch.bool)
-    change[1:] = seg[1:] != seg[:-1]
-    starts = change.nonzero().flatten().tolist()
-    return list(zip(starts, [*starts[1:], seg.shape[0]], strict=True))
-
-
 def _per_sample(q, k, v, seg):
     return torch.cat([F.scaled_dot_product_attention(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], is_causal=True)
-                      for a, b in _runs(seg[0])], dim=2)
+                      for _, a, b in segment_runs(seg[0])], dim=2)
 
 
 METHODS = {

@@ -14,9 +14,10 @@ Design choices:
   run of the visiting block (local order follows global order, and a sample is a contiguous global
   range), so each sub-block is a plain full or causal kernel call and the work is sum(n_q x n_k) over the
   samples instead of Sq x Sk with a mask. Queries whose sample has no key in the block keep out = 0 and
-  lse = -inf, which the merge ignores. Layouts the plan does not cover (rows of a batch packed
-  differently, a sample in several runs) fall back to a float block mask (same-sample AND causal); the
-  flash op reports lse = 0 for a fully masked row, which is set to -inf.
+  lse = -inf, which the merge ignores. Rows of a batch packed alike share one plan; rows packed
+  differently get one plan each (``batch_plans``). Layouts no plan covers (a sample in several runs of a
+  block) fall back to a float block mask (same-sample AND causal); the flash op reports lse = 0 for a fully
+  masked row, which is set to -inf.
 - The merge keeps the running output and LSE in fp32 whatever the input dtype.
 """
 
@@ -38,6 +39,14 @@ def _reduce_kv_grad(dk: torch.Tensor, kv_heads: int) -> torch.Tensor:
     return dk if h == kv_heads else dk.view(b, kv_heads, h // kv_heads, s, d).sum(2)
 
 
+def _packed(q_seg: torch.Tensor | None, k_seg: torch.Tensor | None) -> bool:
+    """True when the block holds more than one sample (otherwise the plain kernel is exact)."""
+    if q_seg is None or k_seg is None:
+        return False
+    first = q_seg.reshape(-1)[:1]
+    return not (bool((q_seg == first).all()) and bool((k_seg == first).all()))
+
+
 def block_mask(
     q_seg: torch.Tensor | None, k_seg: torch.Tensor | None, causal: bool, dtype: torch.dtype
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -45,10 +54,7 @@ def block_mask(
 
     None means "no packing inside this block": use the kernel's own causal flag.
     """
-    if q_seg is None or k_seg is None:
-        return None, None
-    first = q_seg.reshape(-1)[:1]
-    if bool((q_seg == first).all()) and bool((k_seg == first).all()):
+    if not _packed(q_seg, k_seg):
         return None, None
     allowed = q_seg[:, :, None] == k_seg[:, None, :]
     if causal:
@@ -58,7 +64,7 @@ def block_mask(
     return mask.unsqueeze(1), (~allowed.any(-1)).unsqueeze(1)
 
 
-def _runs(seg: torch.Tensor) -> list[tuple[int, int, int]]:
+def segment_runs(seg: torch.Tensor) -> list[tuple[int, int, int]]:
     """seg (S,) -> [(id, start, end), ...]: maximal runs of equal ids in order."""
     change = torch.ones(seg.shape[0], dtype=torch.bool)
     change[1:] = seg[1:] != seg[:-1]
@@ -70,36 +76,53 @@ def _runs(seg: torch.Tensor) -> list[tuple[int, int, int]]:
 Plan = list[tuple[int, int, int, int, bool]]
 
 
-def segment_plan(q_seg: torch.Tensor | None, k_seg: torch.Tensor | None, causal: bool) -> Plan | None:
-    """Sub-blocks (q_start, q_end, k_start, k_end, causal) of a packed block, one per sample with queries in
-    it, or None when the plain kernel (no packing inside the block) or the masked fallback must run.
-
-    Holds for the ring schedules: a causal block has the same tokens as queries and keys; in a non-causal
-    block every key precedes every query, so a sample's queries see all its keys.
-    """
-    if q_seg is None or k_seg is None:
-        return None
-    first = q_seg.reshape(-1)[:1]
-    if bool((q_seg == first).all()) and bool((k_seg == first).all()):
-        return None  # one sample: the plain kernel
-    if q_seg.shape[0] > 1 and not (bool((q_seg == q_seg[:1]).all()) and bool((k_seg == k_seg[:1]).all())):
-        return None  # rows packed differently: masked fallback
+def _row_plan(q_seg: torch.Tensor, k_seg: torch.Tensor, causal: bool) -> Plan | None:
+    """The sub-blocks of one row's segs (Sq,)/(Sk,), or None when a sample is in two runs (masked fallback)."""
     if causal and (q_seg.shape != k_seg.shape or not bool((q_seg == k_seg).all())):
         return None
-    qr, kr = _runs(q_seg[0]), _runs(k_seg[0])
     keys = {}
-    for sid, a, b in kr:
+    for sid, a, b in segment_runs(k_seg):
         if sid in keys:
-            return None  # a sample in two runs of the keys: masked fallback
+            return None  # a sample in two runs of the keys
         keys[sid] = (a, b)
     plan, seen = [], set()
-    for sid, a, b in qr:
+    for sid, a, b in segment_runs(q_seg):
         if sid in seen:
             return None
         seen.add(sid)
         if sid in keys:
             plan.append((a, b, *keys[sid], causal))
     return plan
+
+
+def segment_plan(q_seg: torch.Tensor | None, k_seg: torch.Tensor | None, causal: bool) -> Plan | None:
+    """Sub-blocks (q_start, q_end, k_start, k_end, causal) of a packed block whose rows are packed alike, one
+    per sample with queries in it, or None when the plain kernel (no packing inside the block) must run or
+    the rows are packed differently (see ``batch_plans``) or a sample is in two runs (masked fallback).
+
+    Holds for the ring schedules: a causal block has the same tokens as queries and keys; in a non-causal
+    block every key precedes every query, so a sample's queries see all its keys.
+    """
+    if not _packed(q_seg, k_seg):
+        return None
+    if q_seg.shape[0] > 1 and not (bool((q_seg == q_seg[:1]).all()) and bool((k_seg == k_seg[:1]).all())):
+        return None
+    return _row_plan(q_seg[0], k_seg[0], causal)
+
+
+def batch_plans(q_seg: torch.Tensor | None, k_seg: torch.Tensor | None, causal: bool
+                ) -> list[tuple[slice, Plan]] | None:
+    """(rows, plan) pairs covering the batch: the whole batch under one plan when its rows are packed alike,
+    else one plan per row; None when the plain kernel or the masked fallback must run."""
+    if not _packed(q_seg, k_seg):
+        return None
+    plan = segment_plan(q_seg, k_seg, causal)
+    if plan is not None:
+        return [(slice(None), plan)]
+    if q_seg.shape[0] == 1:
+        return None
+    plans = [(slice(r, r + 1), _row_plan(q_seg[r], k_seg[r], causal)) for r in range(q_seg.shape[0])]
+    return None if any(p is None for _, p in plans) else plans
 
 
 def block_forward(
@@ -109,14 +132,15 @@ def block_forward(
     """q (B, H, Sq, D), k/v (B, Hkv, Sk, D), segs (B, Sq)/(B, Sk) -> out (B, H, Sq, D) in q's dtype,
     lse (B, H, Sq) fp32. ``causal`` aligns top-left (used with Sq == Sk)."""
     h = q.shape[1]
-    plan = segment_plan(q_seg, k_seg, causal)
-    if plan is not None:
+    plans = batch_plans(q_seg, k_seg, causal)
+    if plans is not None:
         k, v = _expand_kv(k, h), _expand_kv(v, h)
         out = torch.zeros_like(q)
         lse = torch.full(q.shape[:3], float("-inf"), dtype=torch.float32)
-        for qa, qb, ka, kb, c in plan:
-            o, l_ = _fwd(q[:, :, qa:qb], k[:, :, ka:kb], v[:, :, ka:kb], 0.0, c, scale=scale)
-            out[:, :, qa:qb], lse[:, :, qa:qb] = o, l_.float()
+        for r, plan in plans:
+            for qa, qb, ka, kb, c in plan:
+                o, l_ = _fwd(q[r, :, qa:qb], k[r, :, ka:kb], v[r, :, ka:kb], 0.0, c, scale=scale)
+                out[r, :, qa:qb], lse[r, :, qa:qb] = o, l_.float()
         return out, lse
     mask, empty = block_mask(q_seg, k_seg, causal, q.dtype)
     out, lse = _fwd(
@@ -136,17 +160,18 @@ def block_backward(
     """Gradients of one block given the final ``out`` (B, H, Sq, D) and ``lse`` (B, H, Sq):
     -> dq (B, H, Sq, D), dk, dv (B, Hkv, Sk, D)."""
     h, hkv = q.shape[1], k.shape[1]
-    plan = segment_plan(q_seg, k_seg, causal)
-    if plan is not None:
+    plans = batch_plans(q_seg, k_seg, causal)
+    if plans is not None:
         ke, ve = _expand_kv(k, h), _expand_kv(v, h)
         dq, dk, dv = torch.zeros_like(q), torch.zeros_like(ke), torch.zeros_like(ve)
         dout, out, lse = dout.contiguous(), out.contiguous(), lse.contiguous()
-        for qa, qb, ka, kb, c in plan:
-            gq, gk, gv = _bwd(dout[:, :, qa:qb], q[:, :, qa:qb], ke[:, :, ka:kb], ve[:, :, ka:kb],
-                              out[:, :, qa:qb], lse[:, :, qa:qb], 0.0, c, scale=scale)
-            dq[:, :, qa:qb] += gq
-            dk[:, :, ka:kb] += gk
-            dv[:, :, ka:kb] += gv
+        for r, plan in plans:
+            for qa, qb, ka, kb, c in plan:
+                gq, gk, gv = _bwd(dout[r, :, qa:qb], q[r, :, qa:qb], ke[r, :, ka:kb], ve[r, :, ka:kb],
+                                  out[r, :, qa:qb], lse[r, :, qa:qb], 0.0, c, scale=scale)
+                dq[r, :, qa:qb] += gq
+                dk[r, :, ka:kb] += gk
+                dv[r, :, ka:kb] += gv
         return dq, _reduce_kv_grad(dk, hkv), _reduce_kv_grad(dv, hkv)
     mask, _ = block_mask(q_seg, k_seg, causal, q.dtype)
     dq, dk, dv = _bwd(

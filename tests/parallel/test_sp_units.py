@@ -93,28 +93,11 @@ def test_merge_equals_attention_over_the_union_and_handles_empty_rows():
     assert not torch.isnan(out3).any()
 
 
-def test_one_rank_attention_gradients_match_sdpa_packed():
-    torch.manual_seed(0)
-    q, k, v = torch.randn(2, 4, 30, 8), torch.randn(2, 2, 30, 8), torch.randn(2, 2, 30, 8)
-    pos = torch.cat([torch.arange(11), torch.arange(19)])[None]
-    seg = segment_ids_from_positions(pos, SPMesh.single(), 2)
-    args = [t.clone().requires_grad_() for t in (q, k, v)]
-    out = sp_attention(*args, SPMesh.single(), seg)
-    ref_args = [t.clone().requires_grad_() for t in (q, k, v)]
-    mask = torch.ones(30, 30, dtype=torch.bool).tril() & (seg[0][:, None] == seg[0][None, :])
-    ref = F.scaled_dot_product_attention(*ref_args, attn_mask=mask, enable_gqa=True)
-    g = torch.randn_like(ref)
-    out.backward(g)
-    ref.backward(g)
-    torch.testing.assert_close(out, ref, atol=2e-6, rtol=1e-5)
-    for a, b in zip(args, ref_args, strict=True):
-        torch.testing.assert_close(a.grad, b.grad, atol=2e-6, rtol=1e-5)
-
-
-@pytest.mark.parametrize("lengths", [((1, 7, 1, 12, 3), (4, 20)), ((24,), (24,)), ((5, 5, 5, 5, 4), (3, 21))])
-def test_one_rank_rows_packed_differently_equal_masked_attention(lengths):
-    """On one ring rank, rows packed differently (run row by row, each with the kernel's per-sample plan)
-    give per-row masked SDPA: output and every gradient, GQA and a custom scale included."""
+@pytest.mark.parametrize("lengths", [((11, 19), (11, 19)), ((1, 7, 1, 12, 3), (4, 20)), ((24,), (24,)),
+                                     ((5, 5, 5, 5, 4), (3, 21))])
+def test_one_rank_packed_rows_equal_masked_attention(lengths):
+    """On one rank, packed rows (packed alike or differently: the kernel's per-sample plans) give per-row
+    masked SDPA: output and every gradient, GQA and a custom scale included."""
     torch.manual_seed(1)
     pos = torch.stack([torch.cat([torch.arange(n) for n in row]) for row in lengths])
     seg = segment_ids_from_positions(pos, SPMesh.single(), 2)
@@ -138,13 +121,15 @@ def _seg_ids(lengths, start=0):
 
 
 @pytest.mark.parametrize("causal", [True, False])
-@pytest.mark.parametrize("rows_differ", [False, True])
-def test_block_kernel_per_sample_plan_equals_masked_attention(causal, rows_differ):
-    """A packed block computed sample by sample (``segment_plan``) gives the masked attention's output,
-    LSE and gradients; rows packed differently take the masked fallback and agree too. Non-causal blocks
-    are laid out as the ring has them: every key before every query, a sample running across the gap."""
-    from longvila.parallel.kernels import block_backward, segment_plan
+@pytest.mark.parametrize("packing", ["alike", "rows_differ", "split"])
+def test_block_kernel_per_sample_plan_equals_masked_attention(causal, packing):
+    """A packed block computed sample by sample (``segment_plan``; one plan per row when rows are packed
+    differently) gives the masked attention's output, LSE and gradients; a sample in two runs of the block
+    takes the masked fallback and agrees too. Non-causal blocks are laid out as the ring has them: every key
+    before every query, a sample running across the gap."""
+    from longvila.parallel.kernels import batch_plans, block_backward, segment_plan
 
+    rows_differ = packing != "alike"
     torch.manual_seed(3)
     if causal:
         q_seg = k_seg = _seg_ids([5, 1, 9, 7])
@@ -153,9 +138,13 @@ def test_block_kernel_per_sample_plan_equals_masked_attention(causal, rows_diffe
         k_seg, q_seg = _seg_ids([6, 4, 8]), torch.cat([torch.full((10,), 10), torch.full((6,), 40)])[None]
         allowed = q_seg[0][:, None] == k_seg[0][None, :]
     if rows_differ:
-        q_seg = torch.cat([q_seg, q_seg.roll(1, 1)]) if not causal else torch.cat([q_seg, q_seg.flip(1)])
+        q_seg = torch.cat([q_seg, q_seg.flip(1)])  # the same samples in the opposite order
         k_seg = q_seg if causal else torch.cat([k_seg, k_seg])
         assert segment_plan(q_seg, k_seg, causal) is None
+        if packing == "split":  # the second row's last sample moves to the front: one id in two runs
+            q_seg = torch.cat([q_seg[:1], q_seg[1:].roll(3, 1)])
+            k_seg = q_seg if causal else torch.cat([k_seg[:1], k_seg[1:].roll(3, 1)])
+        assert (batch_plans(q_seg, k_seg, causal) is None) == (packing == "split")
     else:
         assert segment_plan(q_seg, k_seg, causal) is not None
         q_seg, k_seg = q_seg.expand(2, -1), k_seg.expand(2, -1)
