@@ -18,7 +18,7 @@ export PYTHONUNBUFFERED ?= 1
 
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
 
-.PHONY: all setup browser-setup lmms-eval data train-all-stages needle videomme leaderboards bench bench-sp bench-packed bench-data test test-fast lint tokenizer clean
+.PHONY: all setup browser-setup lmms-eval data train-all-stages needle videomme leaderboards bench bench-sp bench-packed bench-data gpu-check test test-fast lint tokenizer clean
 
 all: setup data train-all-stages needle videomme leaderboards
 	@echo "leaderboard: leaderboards/README.md and leaderboards/index.html"
@@ -57,9 +57,10 @@ videomme: setup
 
 # lmms-eval on the embedded VideoMME-format tasks (after `make videomme`, which writes the benchmark):
 # letters (generation), then option likelihood (multiple_choice, which needs lmms-eval's simple model path)
+# (`longvila eval lmms` fails when a task wrote no metrics: lmms-eval itself exits 0 when a model fails to load)
 lmms-eval: setup
-	$(PY) -m lmms_eval --model longvila --model_args pretrained=$(ART)/ckpt/stage5,num_frames=64 --tasks longvila_videomme --include_path eval/tasks
-	$(PY) -m lmms_eval --model longvila --model_args pretrained=$(ART)/ckpt/stage5,num_frames=64 --tasks longvila_videomme_ll --include_path eval/tasks --force_simple
+	LONGVILA_VIDEOMME_ROOT=$(ART)/eval/videomme/bench $(LV) eval lmms --model longvila_e2e --model-args pretrained=$(ART)/ckpt/stage5,num_frames=64 --tasks longvila_videomme --out $(ART)/eval/lmms
+	LONGVILA_VIDEOMME_ROOT=$(ART)/eval/videomme/bench $(LV) eval lmms --model longvila_e2e --model-args pretrained=$(ART)/ckpt/stage5,num_frames=64 --tasks longvila_videomme_ll --force-simple --out $(ART)/eval/lmms
 
 leaderboards: setup
 	$(LV) leaderboards build
@@ -75,6 +76,10 @@ bench-packed: setup
 
 bench-data: setup
 	$(LV) data bench --out $(ART)/bench/data --publish
+
+# the checks that need a GPU (at most 10 minutes on one): exits at once, status 2, without a CUDA device
+gpu-check: setup
+	$(PY) -m longvila.parallel.gpu_check --out $(ART)/gpu-check --artifacts $(ART) --publish
 
 test: setup
 	$(PY) -m pytest -q

@@ -59,6 +59,7 @@ class VideoLM(ABC):
     ckpt: Path
     model_hash: str
     levels: tuple[str, ...] = ("frame",)
+    has_likelihood = True  # option_logprobs is available
     input_size: tuple[int, int]  # (H, W) frames are given at (needle cards are rendered at it)
 
     # ------------------------------------------------------------------ text
@@ -123,12 +124,15 @@ class VideoLM(ABC):
             raise ValueError(f"{self.model_type}: level {level!r} is not supported (it supports {', '.join(self.levels)})")
         return fit_frames(frames, self.input_size)
 
-    def cached_visual(self, cache_dir, key: str, num_frames: int, frames_fn, level: str, exact: bool = True):
-        """``visual`` of a video sampled to ``num_frames`` frames; embeddings are cached where the level has any."""
+    def cached_visual(self, cache_dir, key: str, num_frames: int, frames_fn, level: str,
+                      exact: bool = True, path: os.PathLike | None = None) -> tuple[object, bool]:
+        """(``visual`` of a video sampled to ``num_frames`` frames, whether it came from the cache): embeddings
+        are cached where the level has any. ``frames_fn()`` gives the frames; n == num_frames unless not
+        ``exact`` (a shorter video gives all its frames). ``path``: the video file, for adapters that read it."""
         frames = frames_fn()
         if exact and len(frames) != num_frames:
             raise ValueError(f"{key}: expected {num_frames} frames, got {len(frames)}")
-        return self.visual(frames, level)
+        return self.visual(frames, level), False
 
     # ------------------------------------------------------------------ scoring
     @abstractmethod
@@ -151,7 +155,10 @@ class VideoLM(ABC):
         return self.generate(prompt, self.visual(frames, "frame"), max_new_tokens)
 
     # ------------------------------------------------------------------ sharding
+    can_shard = False  # the MM-SP sharded forward (``shard``) needs embedding-level rows into a plain causal LM
+
     def shard(self, mesh) -> None:
+        """Shard every later forward pass over ``mesh`` (MM-SP inference), or refuse."""
         raise ValueError(f"{self.model_type}: the sharded grid (--nproc > 1) needs embedding-level inputs into a "
                          f"plain causal LM; this adapter runs its model's own forward on one process (--nproc 1)")
 
@@ -179,6 +186,7 @@ class LongVILAVideoLM(VideoLM):
 
     model_type = "longvila"
     levels = ("embedding", "frame")
+    can_shard = True
 
     def __init__(self, ckpt: str | os.PathLike, lm: runner.LoadedModel | None = None):
         self.lm = lm if lm is not None else runner.load_model(ckpt)
@@ -211,12 +219,11 @@ class LongVILAVideoLM(VideoLM):
         frames = super().visual(frames, level)
         return runner.encode_frames(self.lm, frames) if level == "embedding" else frames
 
-    def cached_visual(self, cache_dir, key: str, num_frames: int, frames_fn, level: str, exact: bool = True):
+    def cached_visual(self, cache_dir, key, num_frames, frames_fn, level, exact=True, path=None):
         if level != "embedding":
             return super().cached_visual(cache_dir, key, num_frames, frames_fn, level, exact)
-        emb, _ = runner.cached_embeddings(self.lm, cache_dir, key, num_frames, lambda: fit_frames(frames_fn(), self.input_size),
-                                          exact=exact)
-        return emb
+        return runner.cached_embeddings(self.lm, cache_dir, key, num_frames,
+                                        lambda: fit_frames(frames_fn(), self.input_size), exact=exact)
 
     def _tokens(self, visual) -> torch.Tensor | None:
         """Per-frame tokens (N, T, D) of a row at either level."""
@@ -414,6 +421,11 @@ def checkpoint_model_type(ckpt: str | os.PathLike) -> str:
     if not isinstance(mt, str):
         raise ValueError(f"{cfg}: no 'model_type' field")
     return mt
+
+
+def as_video_lm(lm: VideoLM | runner.LoadedModel) -> VideoLM:
+    """An adapter for ``lm``: a loaded checkpoint of this project (``runner.LoadedModel``) is wrapped."""
+    return LongVILAVideoLM(lm.ckpt, lm=lm) if isinstance(lm, runner.LoadedModel) else lm
 
 
 def load_adapter(model_type: str, ckpt: str | os.PathLike) -> VideoLM:

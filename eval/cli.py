@@ -1,11 +1,14 @@
-"""``longvila eval``: needle in a haystack and the VideoMME frame sweep from the command line.
+"""``longvila eval``: needle in a haystack and the VideoMME frame sweep from the command line, on any model.
 
-    longvila eval needle   --ckpt DIR --frames 6000 [--nproc 2] --out DIR
-    longvila eval videomme --ckpt DIR --out DIR [--frames 8,16,32,...] [--videomme-root DIR]
+    longvila eval needle   [--model TYPE] --ckpt DIR --frames 6000 [--nproc 2] --out DIR
+    longvila eval videomme [--model TYPE] --ckpt DIR --out DIR [--frames 8,16,32,...] [--videomme-root DIR]
+    longvila eval videomme --lmms-model NAME --lmms-model-args ARGS --out DIR    # any lmms-eval model
     longvila eval build-videomme --out DIR      # only write the embedded benchmark (Video-MME layout)
+    longvila eval build-needle --out DIR        # the needle grid as videos, for lmms-eval's own adapters
 
-With ``--nproc > 1`` the needle grid runs on that many processes (gloo) and the long forward pass is
-sharded over them (MM-SP inference).
+``--model``: longvila (this project's checkpoints, the default), qwen2_vl, qwen2_5_vl, llava_onevision,
+llava_next_video, or auto (the checkpoint's config.json decides). With ``--nproc > 1`` the needle grid runs
+on that many processes (gloo) and the long forward pass is sharded over them (MM-SP inference).
 """
 
 from __future__ import annotations
@@ -26,15 +29,34 @@ def _ints(s: str) -> tuple[int, ...]:
     return vals
 
 
+def _fractions(s: str) -> tuple[float, ...]:
+    try:
+        vals = tuple(float(x) for x in s.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated fractions, got {s!r}") from None
+    if not vals or not all(0.0 <= v <= 1.0 for v in vals):
+        raise argparse.ArgumentTypeError(f"depths must be fractions in [0, 1], got {s!r}")
+    return vals
+
+
 def _parser() -> argparse.ArgumentParser:
     from longvila.data.world import CARD_STYLES
 
     p = argparse.ArgumentParser(prog="longvila eval", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
+    from longvila.eval.adapters import LEVELS, MODEL_TYPES
+
+    def model_arg(q):
+        q.add_argument("--model", default="longvila", metavar="TYPE",
+                       help=f"model adapter: {', '.join(MODEL_TYPES)} or auto (default longvila)")
+
     n = sub.add_parser("needle", help="needle in a haystack over (frame counts x depths)")
+    model_arg(n)
     n.add_argument("--ckpt", required=True, help="checkpoint folder (save_pretrained)")
     n.add_argument("--frames", type=int, default=6000, help="largest haystack frame count")
     n.add_argument("--steps", type=int, default=20, help="number of frame counts up to --frames")
+    n.add_argument("--depths", type=_fractions, default=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
+                   help="needle depths (comma-separated fractions of the haystack)")
     n.add_argument("--needles", type=int, default=5, help="needles (codes) per cell")
     n.add_argument("--nproc", type=int, default=1, help="ranks for the sharded forward pass")
     n.add_argument("--video", default=None, help="a video file as the haystack (default: held-out world video)")
@@ -49,9 +71,21 @@ def _parser() -> argparse.ArgumentParser:
                    help="needle cards printed, or handwritten by held-out writers")
     n.add_argument("--result-name", default=None,
                    help="leaderboard result name (default needle-FRAMES, -hand for handwriting; '' to skip)")
+    n.add_argument("--level", default="auto", choices=("auto", *LEVELS),
+                   help="embedding: encode the haystack once and swap the needle's tokens in (where the adapter "
+                        "allows); frame: place the needle among the frames and encode each row (every adapter)")
+    n.add_argument("--needle-set", default=None,
+                   help="a folder of your own needles (needles.json/.jsonl/.parquet: image, question, answer)")
+    n.add_argument("--string-match", default=None, action=argparse.BooleanOptionalAction,
+                   help="also score greedy replies by normalised string match (default: on for outside models)")
     n.add_argument("--out", required=True)
     v = sub.add_parser("videomme", help="VideoMME-format frame sweep (embedded benchmark or the real layout)")
-    v.add_argument("--ckpt", required=True)
+    model_arg(v)
+    v.add_argument("--ckpt", default=None, help="checkpoint folder (not with --lmms-model)")
+    v.add_argument("--lmms-model", default=None, help="any lmms-eval model name instead of an adapter")
+    v.add_argument("--lmms-model-args", default="", help="its model_args (e.g. pretrained=PATH)")
+    v.add_argument("--lmms-frames-arg", default=None,
+                   help="the lmms-eval model's frame-count argument (default: known for common models)")
     v.add_argument("--frames", type=_ints, default=(8, 16, 32, 64, 128, 256, 512, 1024, 2048))
     v.add_argument("--videomme-root", default=None, help="Video-MME layout folder (default: embedded set)")
     v.add_argument("--videos-per-duration", type=int, default=20, help="embedded set size")
@@ -63,6 +97,23 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build-videomme", help="write the embedded benchmark in the Video-MME layout")
     b.add_argument("--out", required=True)
     b.add_argument("--videos-per-duration", type=int, default=20)
+    m = sub.add_parser("lmms", help="run lmms-eval and check that every task wrote its metrics")
+    m.add_argument("--model", required=True, help="lmms-eval model name (ours: longvila_e2e)")
+    m.add_argument("--model-args", default="", help="lmms-eval model_args")
+    m.add_argument("--tasks", required=True, help="comma-separated tasks")
+    m.add_argument("--include-path", default=None, help="task folder (default: this project's eval/tasks)")
+    m.add_argument("--force-simple", action="store_true", help="lmms-eval's simple model class")
+    m.add_argument("--limit", type=int, default=None)
+    m.add_argument("--out", required=True)
+    g = sub.add_parser("build-needle", help="write the needle grid as videos + a question table (lmms-eval task)")
+    g.add_argument("--out", required=True)
+    g.add_argument("--frames", type=int, default=64, help="largest haystack frame count")
+    g.add_argument("--steps", type=int, default=3, help="number of frame counts up to --frames")
+    g.add_argument("--depths", type=_fractions, default=(0.0, 0.5, 1.0), help="needle depths (comma-separated fractions)")
+    g.add_argument("--needles", type=int, default=3, help="needles (codes) per cell")
+    g.add_argument("--size", type=int, default=32, help="frame side in pixels (render at your model's input size)")
+    g.add_argument("--style", default="print", choices=CARD_STYLES)
+    g.add_argument("--seed", type=int, default=0)
     return p
 
 
@@ -84,7 +135,8 @@ def _run(args: argparse.Namespace, command: str) -> int:
                                   seed=args.seed, video=args.video, controls=not args.no_controls,
                                   nproc=args.nproc, result_name=args.result_name, command=command,
                                   reference_cards=args.reference_cards, reference_frames=args.reference_frames,
-                                  style=args.style)
+                                  style=args.style, model_type=args.model, level=args.level, depths=args.depths,
+                                  needle_set=args.needle_set, string_match=args.string_match)
         if args.nproc > 1:
             from longvila.eval.needle_sp import run_sharded
 
@@ -101,6 +153,9 @@ def _run(args: argparse.Namespace, command: str) -> int:
                  if summary.get("reference_reader_accuracy") is not None else "") + "; "
               f"{summary['computed_cells']} cells computed, {summary['reused_cells']} reused, "
               f"{summary['seconds']:.0f} s -> {Path(args.out) / 'needle.json'}")
+        print(f"  model {summary['model_type']} {summary['model_hash']} at {summary['level']} level"
+              + (f"; greedy replies by string match {summary['string_accuracy']:.3f} (control "
+                 f"{summary['string_control_accuracy']:.3f})" if summary.get("string_accuracy") is not None else ""))
         per_read = summary.get("if_read_per_frames") or {}
         for n, a in summary["accuracy_per_frames"].items():
             r = per_read.get(n)
@@ -109,15 +164,18 @@ def _run(args: argparse.Namespace, command: str) -> int:
     if args.cmd == "videomme":
         from longvila.eval import videomme
 
+        if bool(args.ckpt) == bool(args.lmms_model):
+            raise ValueError("give either --ckpt (with --model) or --lmms-model")
         cfg = videomme.VideoMMEConfig(
             out=args.out, frames=args.frames, root=args.videomme_root, blind=not args.no_blind, limit=args.limit,
-            likelihood=not args.no_likelihood,
+            likelihood=not args.no_likelihood, model_type=args.model, lmms_model=args.lmms_model,
+            lmms_model_args=args.lmms_model_args, lmms_frames_arg=args.lmms_frames_arg,
             embedded=videomme.EmbeddedConfig(out=str(Path(args.out) / "bench"),
                                              videos_per_duration=args.videos_per_duration),
             result_name=args.result_name, command=command)
         s = videomme.run(cfg, ckpt=args.ckpt)
         keys = ["all", "duration/short", "duration/medium", "duration/long"]
-        print(f"videomme: {s['questions']} questions, chance {s['chance']:.2f}, "
+        print(f"videomme ({s['model_type']} {s['model_hash']}): {s['questions']} questions, chance {s['chance']:.2f}, "
               f"blind {s['blind']['all'] if s['blind'] else float('nan'):.3f}, {s['seconds']:.0f} s")
         def print_table(table):
             for n in s["frames"]:
@@ -136,6 +194,30 @@ def _run(args: argparse.Namespace, command: str) -> int:
         path = videomme.build_embedded(videomme.EmbeddedConfig(out=args.out,
                                                                videos_per_duration=args.videos_per_duration))
         print(f"wrote {path}")
+        return 0
+    if args.cmd == "lmms":
+        from longvila.eval.lmms_plugin import TASKS_DIR
+        from longvila.eval.lmms_run import LmmsRunError, run_lmms
+
+        try:
+            res = run_lmms(args.model, args.model_args, args.tasks.split(","), args.out,
+                           include_path=args.include_path or TASKS_DIR, force_simple=args.force_simple,
+                           limit=args.limit)
+        except LmmsRunError as e:
+            print(f"longvila eval lmms: error: {e}", file=sys.stderr)
+            return 1
+        for task, r in res.items():
+            print(f"{task} ({args.model}, {len(r['samples'])} docs): "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in r["metrics"].items()))
+        return 0
+    if args.cmd == "build-needle":
+        from longvila.eval import needle_videos
+
+        table = needle_videos.build(needle_videos.NeedleVideosConfig(
+            out=args.out, frames=args.frames, steps=args.steps, depths=args.depths, needles=args.needles,
+            size=args.size, style=args.style, seed=args.seed))
+        print(f"wrote {table} (set {needle_videos.ROOT_ENV}={Path(args.out).resolve()} for the lmms-eval task "
+              f"longvila_needle)")
         return 0
     return 2
 

@@ -1,11 +1,11 @@
-"""lmms-eval plugin: ``python -m lmms_eval --model longvila --model_args pretrained=PATH,num_frames=N``.
+"""lmms-eval plugin: ``python -m lmms_eval --model longvila_e2e --model_args pretrained=PATH,num_frames=N``.
 
 The model registers through the ``lmms_eval.models`` entry point (pyproject.toml), which names
 :func:`manifest`: lmms-eval 0.7 loads an entry point and, when it is callable, calls it with no arguments
-and expects a ``ModelManifest`` (or a list of them). It also ships a built-in chat model under the same
-name ``longvila`` (for NVlabs' checkpoints), and resolves a name to its chat class first; so the manifest
-names both a simple class (:class:`LongVILALmms`) and a chat class (:class:`LongVILAChatLmms`), and
-overrides the built-in.
+and expects a ``ModelManifest`` (or a list of them). The manifest names a simple class (:class:`LongVILALmms`)
+and a chat class (:class:`LongVILAChatLmms`) under ``MODEL_ID`` = ``longvila_e2e``, a name none of
+lmms-eval's built-in models uses (its own ``longvila`` is NVIDIA's LongVILA adapter and stays theirs; a test
+checks that no built-in name is shadowed).
 
 Design choices:
 - Both classes share one answer path (``_respond``): read the request's videos (uniform ``num_frames``
@@ -34,11 +34,14 @@ from longvila.utils import progress
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 
 
+MODEL_ID = "longvila_e2e"
+
+
 def manifest():
-    """The lmms-eval registration: model id ``longvila`` -> our simple and chat classes."""
+    """The lmms-eval registration: model id ``MODEL_ID`` -> our simple and chat classes."""
     from lmms_eval.models.registry_v2 import ModelManifest
 
-    return ModelManifest(model_id="longvila", simple_class_path=f"{__name__}.LongVILALmms",
+    return ModelManifest(model_id=MODEL_ID, simple_class_path=f"{__name__}.LongVILALmms",
                          chat_class_path=f"{__name__}.LongVILAChatLmms")
 
 
@@ -49,11 +52,11 @@ class LongVILALmms(lmms):
                  batch_size: int | str = 1, device: str = "cpu", **kwargs) -> None:
         super().__init__()
         if not pretrained:
-            raise ValueError("longvila: model_args must give pretrained=<checkpoint folder>")
+            raise ValueError(f"{MODEL_ID}: model_args must give pretrained=<checkpoint folder>")
         self.lm = runner.load_model(pretrained)
         self.num_frames = int(num_frames)
         if self.num_frames < 1:
-            raise ValueError(f"longvila: num_frames must be >= 1, got {num_frames}")
+            raise ValueError(f"{MODEL_ID}: num_frames must be >= 1, got {num_frames}")
         self.max_new_tokens = int(max_new_tokens)
         self.batch_size = int(batch_size)
         self.unused_args = kwargs  # e.g. lmms-eval's own device/dtype hints
@@ -71,7 +74,7 @@ class LongVILALmms(lmms):
             elif hasattr(v, "convert"):  # a PIL image: one frame
                 clips.append(np.asarray(v.convert("RGB"))[None])
             elif v is not None:
-                raise TypeError(f"longvila: unsupported visual {type(v).__name__}")
+                raise TypeError(f"{MODEL_ID}: unsupported visual {type(v).__name__}")
         if not clips:
             return None
         shapes = {c.shape[1:] for c in clips}
@@ -118,7 +121,7 @@ class LongVILALmms(lmms):
             target = doc_to_target(doc) if callable(doc_to_target) else doc_to_target
             cont = runner.answer_ids(self.lm, str(target))
             if not cont:
-                raise ValueError(f"longvila: empty continuation for {task}/{split} doc {doc_id}")
+                raise ValueError(f"{MODEL_ID}: empty continuation for {task}/{split} doc {doc_id}")
             key = (task, split, doc_id, context)
             if last[0] != key:
                 visuals = doc_to_visual(doc) or []
@@ -128,7 +131,7 @@ class LongVILALmms(lmms):
         return out
 
     def generate_until_multi_round(self, requests):
-        raise NotImplementedError("longvila: multi-round generation is not implemented")
+        raise NotImplementedError(f"{MODEL_ID}: multi-round generation is not implemented")
 
 
 class LongVILAChatLmms(LongVILALmms):

@@ -9,7 +9,7 @@ Design choices:
 - Frames are encoded once: the haystack at the largest frame count, cached as safetensors keyed by
   (video, frame count, model hash); a smaller count N takes N of those embeddings spread uniformly (linspace),
   exactly as sampling N frames from the same video would. Needle cards are encoded per cell (a handful).
-- Score: teacher-forced exact match (``runner.teacher_forced_correct``): correct when the argmax at every
+- Score: teacher-forced exact match (``VideoLM.teacher_forced``): correct when the argmax at every
   code digit equals the digit, which is what greedy generation would produce. All needles of a cell share
   one prompt length and go through the LLM as one batch.
 - Controls in the same run: for every frame count, the same codes asked of the haystack with no needle
@@ -30,6 +30,15 @@ Design choices:
   interrupted run resumes and a changed model recomputes.
 - With ``--nproc > 1`` the long forward pass is sharded over ranks by ``longvila.parallel`` (MM-SP
   inference); rank 0 writes the files.
+- Any video LLM, through its adapter (``eval/adapters.py``, ``--model``): at embedding level where the adapter
+  encodes frames independently (the haystack encoded and cached once, the needle's tokens swapped in at each
+  depth), at frame level for every model (the needle image placed among the sampled frames, the row encoded
+  again by the model's own video path). Cards are rendered at the model's input size. A grid whose largest
+  frame count does not fit the model's context is refused before any work, naming the largest count that fits.
+- Your own needles (``needle_set``): a folder with a table of (image, question, answer) rows; see
+  :func:`load_needle_set`. Beside the teacher-forced exact match, ``string_match`` scores greedy replies by
+  normalised string match (the answer's words, in order, among the reply's), which tokenizers that group digits
+  and free-text answers need; it is on by default for every model but this project's.
 """
 
 from __future__ import annotations
@@ -37,14 +46,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from longvila.eval import base, prompts, runner
+from longvila.eval import base, prompts
+from longvila.eval.adapters import VideoLM, as_video_lm, load_adapter
 from longvila.utils import atomic_write_json, progress, read_json, save_figure
 
 CODE_DIGITS = 3
@@ -70,6 +81,10 @@ class NeedleConfig:
     reference_cards: int = 4000
     reference_frames: int = 32  # haystack frames of the reading reference cells (0: the card alone)
     style: str = "print"  # needle cards printed, or handwritten by the held-out writers ("hand")
+    model_type: str = "longvila"  # the adapter (eval/adapters.py MODEL_TYPES, or auto)
+    level: str = "auto"  # "embedding", "frame", or auto: embedding where the adapter supports it
+    needle_set: str | None = None  # a folder of your own needles (load_needle_set); default: code cards
+    string_match: bool | None = None  # also score greedy replies by normalised string match (None: not for longvila)
 
 
 def default_result_name(cfg: NeedleConfig) -> str:
@@ -100,9 +115,12 @@ def sample_indices(total: int, n: int) -> np.ndarray:
     return np.linspace(0, total - 1, n).round().astype(int)
 
 
-def insert_needle(haystack: torch.Tensor, needle: torch.Tensor, depth: float) -> tuple[torch.Tensor, int]:
-    """haystack (N, T, D) + needle (T, D) -> visual tokens (N + 1, T, D) and the needle's frame index."""
+def insert_needle(haystack, needle, depth: float):
+    """haystack (N, ...) + needle (...) -> (N + 1, ...) and the needle's frame index: visual tokens (N, T, D) at
+    embedding level, uint8 frames (N, H, W, 3) at frame level (torch tensors or numpy arrays)."""
     i = needle_index(depth, haystack.shape[0])
+    if isinstance(haystack, np.ndarray):
+        return np.concatenate([haystack[:i], needle[None], haystack[i:]]), i
     return torch.cat([haystack[:i], needle[None], haystack[i:]]), i
 
 
@@ -160,14 +178,100 @@ def work_units(cfg: NeedleConfig, counts: list[int]) -> list[Unit]:
     return units
 
 
-def needle_cards(cfg: NeedleConfig, n: int, codes: list[str]) -> np.ndarray:
-    """The cards of the cells of n frames (uint8 (len(codes), H, W, 3)) in ``cfg.style`` (handwriting: the
-    held-out writers), one image per (seed, frame count, code), shared by the depths and the reading
-    reference cell."""
+def needle_cards(cfg: NeedleConfig, n: int, codes: list[str], size: tuple[int, int] = (32, 32)) -> np.ndarray:
+    """The cards of the cells of n frames (uint8 (len(codes), H, W, 3), ``size`` = (H, W): the model's input
+    size) in ``cfg.style`` (handwriting: the held-out writers), one image per (seed, frame count, code), shared
+    by the depths and the reading reference cell."""
     from longvila.data import world
 
-    return np.stack([world.code_image(c, "eval", np.random.default_rng([cfg.seed, n, int(c)]), style=cfg.style)
+    return np.stack([world.code_image(c, "eval", np.random.default_rng([cfg.seed, n, int(c)]), *size, style=cfg.style)
                      for c in codes])
+
+
+@dataclass(frozen=True)
+class Needle:
+    """One needle: its image (uint8 (H, W, 3)), the question that follows the video, and the answer."""
+
+    id: str
+    question: str
+    answer: str
+    image: np.ndarray = field(repr=False, compare=False)
+
+
+NEEDLE_SET_TABLES = ("needles.json", "needles.jsonl", "needles.parquet")
+
+
+def load_needle_set(root: str | os.PathLike) -> list[Needle]:
+    """Your own needles: a folder with ``needles.json`` (a list), ``needles.jsonl`` or ``needles.parquet`` whose
+    rows have ``image`` (a path relative to the folder, or ``{"bytes": ...}`` / ``{"path": ...}`` as a Hugging
+    Face Image column stores it, e.g. an exported ``v_niah_needles`` set), ``question`` and ``answer``
+    (``id`` optional). Every fault names the file, the row and the field."""
+    import io
+
+    from PIL import Image
+
+    root = Path(root)
+    tables = [root / t for t in NEEDLE_SET_TABLES if (root / t).is_file()]
+    if not tables:
+        raise FileNotFoundError(f"{root}: no needle table ({', '.join(NEEDLE_SET_TABLES)})")
+    table = tables[0]
+    try:
+        if table.suffix == ".parquet":
+            import pandas as pd
+
+            rows = pd.read_parquet(table).to_dict("records")
+        elif table.suffix == ".jsonl":
+            rows = [json.loads(line) for line in table.read_text(encoding="utf-8").splitlines() if line.strip()]
+        else:
+            rows = read_json(table)
+    except Exception as e:  # noqa: BLE001 - any parse error, named with the file
+        raise ValueError(f"{table}: cannot read the needle table ({type(e).__name__}: {e})") from None
+    if not isinstance(rows, list) or not rows:
+        raise ValueError(f"{table}: the needle table must be a non-empty list of rows")
+    out = []
+    for i, r in enumerate(rows):
+        where = f"{table} row {i}"
+        if not isinstance(r, dict):
+            raise ValueError(f"{where}: a row must be an object")
+        for f in ("image", "question", "answer"):
+            if f not in r or r[f] is None or (isinstance(r[f], str) and not r[f].strip()):
+                raise ValueError(f"{where}: missing field {f!r}")
+        img = r["image"]
+        try:
+            if isinstance(img, dict) and img.get("bytes") is not None:
+                pil = Image.open(io.BytesIO(img["bytes"]))
+            else:
+                path = root / (img.get("path") if isinstance(img, dict) else str(img))
+                if not path.is_file():
+                    raise FileNotFoundError(f"{where}: field 'image': {path} not found")
+                pil = Image.open(path)
+            image = np.asarray(pil.convert("RGB"))
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # noqa: BLE001 - PIL's errors for a corrupt image
+            raise ValueError(f"{where}: field 'image' is not a readable image ({e})") from None
+        out.append(Needle(str(r.get("id", i)), str(r["question"]).strip(), str(r["answer"]).strip(), image))
+    if len({n.id for n in out}) != len(out):
+        raise ValueError(f"{table}: field 'id' repeats")
+    return out
+
+
+def set_needles(needles: list[Needle], seed: int, n: int, count: int) -> list[Needle]:
+    """The needles of the cells at frame count n: ``count`` of the set drawn without replacement (all if fewer)."""
+    if count >= len(needles):
+        return list(needles)
+    rng = np.random.default_rng([seed, n, 19])
+    return [needles[i] for i in sorted(rng.choice(len(needles), size=count, replace=False))]
+
+
+_WORD = re.compile(r"[0-9a-z]+")
+
+
+def string_match(reply: str, answer: str) -> bool:
+    """Normalised string match: the answer's words (lowercased alphanumeric runs) appear, in order and
+    contiguous, among the reply's. ``"The code is 123."`` matches ``"123"``; ``"1234"`` does not."""
+    want, got = _WORD.findall(answer.lower()), _WORD.findall(reply.lower())
+    return bool(want) and any(got[i:i + len(want)] == want for i in range(len(got) - len(want) + 1))
 
 
 def reference_reader_accuracy(cards: np.ndarray, codes: list[str], train_cards: int = 4000, seed: int = 0,
@@ -198,88 +302,104 @@ def _signature(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-class _Scorer:
-    """Teacher-forced argmax at the answer tokens: on one process (the shared prefix computed once), or
-    sharded over an MM-SP mesh."""
+def score_cell(lm: VideoLM, hay, needles: list[tuple[str, str]], depth: float | None, needle_vis=None,
+               with_string: bool = False) -> dict:
+    """Score every needle of one cell, batched by question and answer length.
 
-    def __init__(self, lm: runner.LoadedModel, mesh=None):
-        self.lm, self.mesh = lm, mesh
-
-    def __call__(self, embeds: torch.Tensor, targets: torch.Tensor, shared: int = 0) -> torch.Tensor:
-        """embeds (B, L, D) ending with the answers targets (B, k), the first ``shared`` positions equal in
-        every row -> predicted answer ids (B, k)."""
-        k = targets.shape[1]
-        if self.mesh is None:
-            return runner.teacher_forced_argmax_shared(self.lm, embeds[:1, :shared], embeds[:, shared:], k)
-        from longvila.model.rope import rope_for_length
-        from longvila.parallel.inference import sp_score
-
-        length = embeds.shape[1]
-        full = torch.full(embeds.shape[:2], -100, dtype=torch.long)
-        full[:, length - k - 1:length - 1] = targets  # target[t] = the token expected after position t
-        llm = self.lm.model.language_model
-        with rope_for_length(llm, length):  # every rank: the same table for the whole length
-            argmax = sp_score(llm, embeds, full, self.mesh)["argmax"]
-        return argmax[:, length - k - 1:length - 1]
-
-
-def score_cell(lm: runner.LoadedModel, scorer, hay: torch.Tensor, codes: list[str], depth: float | None,
-               needle_emb: torch.Tensor | None) -> tuple[list[bool], list[str], list[int]]:
-    """Score every code of one cell in one batch.
-
-    hay (N, T, D); needle_emb (len(codes), T, D) or None for the control (no needle). Returns per-code
-    correctness, the predicted answers (decoded argmax) and the needle frame indices (empty for the control).
+    hay: the haystack's visual at the cell's level ((N, T, D) tokens or (N, H, W, 3) frames); ``needles``:
+    (question, answer) pairs; needle_vis: one visual per needle ((B, T, D) or (B, H, W, 3)), or None for the
+    control (no needle). Returns per-needle ``correct`` (teacher-forced exact match), ``predicted`` (decoded
+    argmax), ``needle_frame`` (empty for the control) and, with ``with_string``, ``replies`` and
+    ``string_correct`` (greedy reply, normalised string match).
     """
-    n_vis = hay.shape[0] + (0 if depth is None else 1)
-    prompt = runner.prompt_ids(lm, prompts.needle_question(), n_vis)
-    ans = torch.tensor([runner.answer_ids(lm, c) for c in codes])  # (B, k)
-    if ans.shape[1] != CODE_DIGITS:
-        raise ValueError(f"the tokenizer splits a {CODE_DIGITS}-digit code into {ans.shape[1]} tokens, "
-                         f"expected one token per digit")
-    ids = torch.cat([prompt.expand(len(codes), -1), ans], dim=1)  # (B, L)
     rows, where = [], []
-    for b in range(len(codes)):
+    for b in range(len(needles)):
         if depth is None:
-            vis = hay
+            rows.append(hay)
         else:
-            vis, i = insert_needle(hay, needle_emb[b], depth)
+            vis, i = insert_needle(hay, needle_vis[b], depth)
+            rows.append(vis)
             where.append(i)
-        rows.append(runner.embed(lm, ids[b:b + 1], vis))
-    slots = (ids[0] == lm.model.config.image_token_id).nonzero().flatten()
-    tpf = hay.shape[1]
-    # rows are equal up to the needle's first visual token (the control: up to the answer)
-    shared = int(slots[min(where) * tpf]) if where else prompt.shape[0]
-    shared = min(shared, prompt.shape[0] - 1)  # the last prompt position predicts the first answer token
-    pred = scorer(torch.cat(rows), ans, shared)
-    correct = (pred == ans).all(-1)
-    return [bool(c) for c in correct], [lm.tokenizer.decode(p.tolist()) for p in pred], where
+    answers = [lm.answer_ids(a) for _, a in needles]
+    if any(not a for a in answers):
+        raise ValueError("a needle's answer encodes to no tokens")
+    groups: dict[tuple[str, int], list[int]] = {}
+    for b, (q, _) in enumerate(needles):
+        groups.setdefault((q, len(answers[b])), []).append(b)
+    preds: list[list[int]] = [[] for _ in needles]
+    for (q, _), idx in groups.items():
+        # rows of a group are equal up to the needle's frame (the control: entirely)
+        shared = min(where[b] for b in idx) if where else None
+        pred = lm.teacher_forced(q, [rows[b] for b in idx], torch.tensor([answers[b] for b in idx]), shared)
+        for j, b in enumerate(idx):
+            preds[b] = pred[j].tolist()
+    cell = {"correct": [p == a for p, a in zip(preds, answers, strict=True)],
+            "predicted": [lm.tokenizer.decode(p) for p in preds], "needle_frame": where}
+    if with_string:
+        replies = [lm.generate(q, rows[b], max_new_tokens=len(answers[b]) + 8) for b, (q, _) in enumerate(needles)]
+        cell["replies"] = replies
+        cell["string_correct"] = [string_match(r, a) for r, (_, a) in zip(replies, needles, strict=True)]
+    return cell
 
 
-def run(cfg: NeedleConfig, lm: runner.LoadedModel | None = None, ckpt: str | None = None,
+def resolve_level(cfg: NeedleConfig, lm: VideoLM) -> str:
+    """The level the grid runs at: ``cfg.level``, or with ``auto`` embedding level where the adapter has it."""
+    if cfg.level == "auto":
+        return "embedding" if "embedding" in lm.levels else "frame"
+    if cfg.level not in lm.levels:
+        raise ValueError(f"needle: level {cfg.level!r} is not supported by the {lm.model_type} adapter "
+                         f"(it supports {', '.join(lm.levels)})")
+    return cfg.level
+
+
+def run(cfg: NeedleConfig, lm: VideoLM | None = None, ckpt: str | None = None,
         mesh=None, rank: int = 0) -> dict:
     """Run (or resume) the grid; returns the summary written to ``<out>/needle.json``.
 
-    ``mesh``: an MM-SP mesh (``longvila.parallel``) to shard the forward pass over; every rank of it calls
-    ``run`` with the same config, and rank 0 writes the files (see ``needle_sp.run_sharded``).
+    ``lm``: a loaded adapter (or this project's ``runner.LoadedModel``), or ``ckpt`` loaded with the adapter
+    ``cfg.model_type``. ``mesh``: an MM-SP mesh
+    (``longvila.parallel``) to shard the forward pass over; every rank of it calls ``run`` with the same config,
+    and rank 0 writes the files (see ``needle_sp.run_sharded``).
     """
     if lm is None:
         if ckpt is None:
             raise ValueError("needle.run: give a loaded model or a checkpoint folder")
-        lm = runner.load_model(ckpt)
+        lm = load_adapter(cfg.model_type, ckpt)
+    lm = as_video_lm(lm)
+    if mesh is not None:
+        lm.shard(mesh)
+    level = resolve_level(cfg, lm)
+    with_string = cfg.string_match if cfg.string_match is not None else lm.model_type != "longvila"
     out = Path(cfg.out)
     cells_dir = out / "cells"
     counts = frame_counts(cfg)
+    own = load_needle_set(cfg.needle_set) if cfg.needle_set else None
+
+    def cell_needles(n: int) -> list[Needle]:
+        if own is not None:
+            return set_needles(own, cfg.seed, n, cfg.needles)
+        codes = cell_codes(cfg.seed, n, cfg.needles)
+        cards = needle_cards(cfg, n, codes, lm.input_size)
+        return [Needle(c, prompts.needle_question(), c, card) for c, card in zip(codes, cards, strict=True)]
+
+    # refuse before any work a grid the model's context cannot hold (the largest count, plus the needle frame)
+    longest = max(cell_needles(cfg.frames), key=lambda x: len(lm.answer_ids(x.question)) + len(lm.answer_ids(x.answer)))
+    lm.check_fits(longest.question, cfg.frames + 1, len(lm.answer_ids(longest.answer)),
+                  what=f"needle grid at {cfg.frames} frames")
     hay_key = _haystack_key(cfg)
     t0 = time.time()
     cache = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
-    full, hit = runner.cached_embeddings(lm, cache, hay_key, cfg.frames, lambda: _haystack_frames(cfg, cfg.frames))
-    scorer = _Scorer(lm, mesh)
+    full, hit = lm.cached_visual(cache, hay_key, cfg.frames, lambda: _haystack_frames(cfg, cfg.frames), level)
     units = work_units(cfg, counts)
+    # what decides a cell beyond today's default (cells of the default run keep their signatures)
+    extra = [x for x in (None if lm.model_type == "longvila" else lm.model_type,
+                         None if level == "embedding" else level, cfg.needle_set and str(Path(cfg.needle_set).resolve()),
+                         "string" if with_string else None) if x]
 
     def signature(u: Unit) -> str:
-        return _signature(lm.model_hash, hay_key, cfg.frames, u.frames, u.kind, u.depth,
-                          cell_codes(cfg.seed, u.frames, cfg.needles), cfg.seed, cfg.style,
-                          cfg.reference_frames if u.kind == READ else None)
+        ids = [x.id for x in cell_needles(u.frames)] if own is not None else cell_codes(cfg.seed, u.frames, cfg.needles)
+        return _signature(lm.model_hash, hay_key, cfg.frames, u.frames, u.kind, u.depth, ids, cfg.seed, cfg.style,
+                          cfg.reference_frames if u.kind == READ else None, *extra)
 
     done = {}  # finished cells, read once before any work so that every rank skips the same ones
     for u in units:
@@ -295,31 +415,35 @@ def run(cfg: NeedleConfig, lm: runner.LoadedModel | None = None, ckpt: str | Non
         if u in done:
             cells.append(done[u])
             continue
-        codes = cell_codes(cfg.seed, u.frames, cfg.needles)
-        # the reading reference: the same cards as the cells of n frames, in a short haystack (0: none)
+        needles = cell_needles(u.frames)
+        # the reading reference: the same needles as the cells of n frames, in a short haystack (0: none)
         n_hay = min(cfg.reference_frames, cfg.frames) if u.kind == READ else u.frames
-        hay = full[torch.from_numpy(sample_indices(cfg.frames, n_hay))]
-        needle_emb = None
+        hay = full[sample_indices(cfg.frames, n_hay)]
+        needle_vis = None
         if u.kind != CONTROL:
-            needle_emb = runner.encode_frames(lm, needle_cards(cfg, u.frames, codes))  # (needles, T, D)
+            needle_vis = lm.visual(np.stack([x.image for x in needles]), level)
         depth = {GRID: u.depth, CONTROL: None, READ: 0.5}[u.kind]
-        correct, pred, where = score_cell(lm, scorer, hay, codes, depth, needle_emb)
+        scored = score_cell(lm, hay, [(x.question, x.answer) for x in needles], depth, needle_vis, with_string)
         cell = {"frames": u.frames, "depth": u.depth, "control": u.kind == CONTROL,
-                "read": u.kind == READ, "codes": codes, "correct": correct,
-                "predicted": pred, "needle_frame": where, "accuracy": base.accuracy(sum(correct), len(correct)),
-                "signature": signature(u)}
+                "read": u.kind == READ, "codes": [x.id for x in needles], **scored,
+                "accuracy": base.accuracy(sum(scored["correct"]), len(needles)), "signature": signature(u)}
+        if with_string:
+            cell["string_accuracy"] = base.accuracy(sum(scored["string_correct"]), len(needles))
         if rank == 0:
             atomic_write_json(u.path(cells_dir), cell)
         cells.append(cell)
     computed = len(units) - len(done)
     summary = summarize(cfg, cells, counts)
-    if cfg.controls and cfg.reference_cards and rank == 0:
+    if cfg.controls and cfg.reference_cards and own is None and rank == 0:
         per_count = [(n, cell_codes(cfg.seed, n, cfg.needles)) for n in counts]
-        cards = np.concatenate([needle_cards(cfg, n, codes) for n, codes in per_count])
+        cards = np.concatenate([needle_cards(cfg, n, codes) for n, codes in per_count])  # the reader reads 32x32
         summary["reference_reader_accuracy"] = reference_reader_accuracy(
             cards, [c for _, codes in per_count for c in codes], cfg.reference_cards, cfg.seed, cfg.style)
     summary.update(computed_cells=computed, reused_cells=len(units) - computed, embeddings_cached=hit,
-                   seconds=round(time.time() - t0, 2), model_hash=lm.model_hash, haystack=hay_key)
+                   seconds=round(time.time() - t0, 2), model_hash=lm.model_hash, model_type=lm.model_type,
+                   level=level, haystack=hay_key)
+    if own is not None:
+        summary["chance"] = None  # free-text answers: no closed-form chance
     if rank == 0:
         write_outputs(cfg, summary, lm)
     return summary
@@ -347,7 +471,17 @@ def summarize(cfg: NeedleConfig, cells: list[dict], counts: list[int]) -> dict:
                       for code, x in zip(c["codes"], c["correct"], strict=True) if (n, code) in read] for n in counts}
     if_read = [x for xs in if_read_at.values() for x in xs]
     if_read_per_frames = {str(n): base.accuracy(sum(xs), len(xs)) if xs else None for n, xs in if_read_at.items()}
-    return {"frame_counts": counts, "depths": list(cfg.depths), "grid": grid, "accuracy_per_frames": per_frames,
+    strings = {}
+    if grid_cells and "string_correct" in grid_cells[0]:  # greedy replies scored by normalised string match
+        def rate(cs):
+            xs = [x for c in cs for x in c["string_correct"]]
+            return base.accuracy(sum(xs), len(xs)) if xs else None
+
+        strings = {"string_accuracy": rate(grid_cells),
+                   "string_accuracy_per_frames": {str(n): rate([c for c in grid_cells if c["frames"] == n]) for n in counts},
+                   "string_control_accuracy": rate([c for c in cells if c["control"]]),
+                   "string_read_accuracy": rate([c for c in cells if c.get("read")])}
+    return {**strings, "frame_counts": counts, "depths": list(cfg.depths), "grid": grid, "accuracy_per_frames": per_frames,
             "accuracy": base.accuracy(sum(hits), len(hits)), "trials": len(hits),
             "control_accuracy": base.accuracy(sum(ctrl), len(ctrl)), "control_trials": len(ctrl),
             "read_accuracy": base.accuracy(sum(ref), len(ref)) if ref else None, "read_trials": len(ref),
@@ -356,7 +490,7 @@ def summarize(cfg: NeedleConfig, cells: list[dict], counts: list[int]) -> dict:
             "chance": 1 / 10**CODE_DIGITS, "config": asdict(cfg)}
 
 
-def write_outputs(cfg: NeedleConfig, summary: dict, lm: runner.LoadedModel) -> None:
+def write_outputs(cfg: NeedleConfig, summary: dict, lm: VideoLM) -> None:
     """needle.json (all accuracies), heatmap.png (depth x frames), per_frames.png, and the result file."""
     out = Path(cfg.out)
     atomic_write_json(out / "needle.json", summary)
@@ -388,7 +522,11 @@ def write_outputs(cfg: NeedleConfig, summary: dict, lm: runner.LoadedModel) -> N
     if summary.get("reference_reader_accuracy") is not None:
         ax.axhline(summary["reference_reader_accuracy"], color="tab:purple", ls="-.",
                    label="reference reader (pixel SVM), same cards")
-    ax.axhline(summary["chance"], color="gray", ls="--", label="chance")
+    if summary.get("string_accuracy") is not None:
+        ax.plot(counts, [summary["string_accuracy_per_frames"][str(c)] for c in counts], "^:", ms=4,
+                label="greedy reply, normalised string match")
+    if summary["chance"] is not None:
+        ax.axhline(summary["chance"], color="gray", ls="--", label="chance")
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("frames")
     ax.set_ylabel("accuracy")
@@ -405,11 +543,13 @@ def write_outputs(cfg: NeedleConfig, summary: dict, lm: runner.LoadedModel) -> N
             metrics["acc_if_read"] = summary["if_read_accuracy"]
         if summary.get("reference_reader_accuracy") is not None:
             metrics["acc_ref_reader"] = summary["reference_reader_accuracy"]
+        if summary.get("string_accuracy") is not None:
+            metrics["acc_string"] = summary["string_accuracy"]
         metrics.update({f"acc@{n}": a for n, a in summary["accuracy_per_frames"].items()})
         write_result(name, "needle", metrics, details={k: summary[k] for k in (
             "frame_counts", "depths", "grid", "trials", "control_trials", "read_trials", "if_read_trials",
-            "if_read_per_frames", "chance", "seconds")},
-            config={"model": str(lm.ckpt), "model_hash": lm.model_hash, **summary["config"]},
+            "if_read_per_frames", "chance", "seconds", "level")},
+            config={**lm.describe_model(), **summary["config"]},
             seed=cfg.seed, command=cfg.command, plots={"heatmap": heat, "per_frames": curve},
             results_dir=os.environ.get("LONGVILA_RESULTS_DIR"))
 

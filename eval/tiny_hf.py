@@ -17,6 +17,9 @@ Design choices:
   frame), LLaVA-OneVision pools 2x2 per frame and appends one newline token per video (4 a frame + 1),
   LLaVA-NeXT-Video pools 2x2 after dropping CLIP's class token (4 a frame).
 - Seeded: the same call writes the same weights (``torch.manual_seed(seed)`` before construction).
+- Untied input and output embeddings: a tied random model mostly predicts the token it was given (its
+  hidden state stays close to the input embedding), so its replies would be blank lines whatever the video;
+  untied, the replies depend on the input, and two harnesses' replies can be compared token for token.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ QWEN_TEMPLATE = (_TEMPLATE.replace("IMAGE", "'<|vision_start|><|image_pad|><|vis
 LLAVA_TEMPLATE = _TEMPLATE.replace("IMAGE", "'<image>\\n'").replace("VIDEO", "'<video>\\n'")
 
 _TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-             max_position_embeddings=4096, tie_word_embeddings=True)
+             max_position_embeddings=4096, tie_word_embeddings=False)
 _VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                image_size=FRAME_SIZE, patch_size=8)
 
@@ -97,7 +100,7 @@ def _qwen_vl(arch: str):
                                     (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor))
     cfg = cfg_cls(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
                   video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
-                  vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=True)
+                  vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=False)
     pix = dict(patch_size=4, merge_size=2, temporal_patch_size=2, min_pixels=FRAME_SIZE ** 2, max_pixels=FRAME_SIZE ** 2)
     proc = proc_cls(image_processor=Qwen2VLImageProcessor(**pix),
                     video_processor=Qwen2VLVideoProcessor(**pix, do_sample_frames=False),
@@ -128,7 +131,7 @@ def _llava(arch: str):
                        pad_token_id=tok.pad_token_id)
     size = {"height": FRAME_SIZE, "width": FRAME_SIZE}
     common = dict(text_config=text, image_token_index=image_id, video_token_index=video_id, vision_feature_layer=-1,
-                  image_grid_pinpoints=[[FRAME_SIZE, FRAME_SIZE]], tie_word_embeddings=True)
+                  image_grid_pinpoints=[[FRAME_SIZE, FRAME_SIZE]], tie_word_embeddings=False)
     tokens = dict(tokenizer=tok, chat_template=LLAVA_TEMPLATE, image_token="<image>", video_token="<video>")
     if arch == "llava_onevision":  # SigLIP tower, every patch kept ("full"), 2x2 bilinear pooling per frame
         cfg = LlavaOnevisionConfig(vision_config=SiglipVisionConfig(**_VISION), vision_feature_select_strategy="full",

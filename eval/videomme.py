@@ -29,6 +29,7 @@ Design choices:
 from __future__ import annotations
 
 import ast
+import dataclasses
 import hashlib
 import json
 import os
@@ -38,9 +39,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from longvila.eval import base, prompts, runner
+from longvila.eval import base, prompts
+from longvila.eval.adapters import VideoLM, as_video_lm, load_adapter
 from longvila.utils import atomic_write_bytes, atomic_write_json, progress, read_json, save_figure
 
 FIELDS = ("video_id", "duration", "domain", "sub_category", "videoID", "question_id", "task_type", "question",
@@ -226,6 +227,10 @@ class VideoMMEConfig:
     limit: int | None = None  # first N questions only (smoke runs)
     max_new_tokens: int = 4
     likelihood: bool = True  # also score each question by option likelihood (open question, no letters)
+    model_type: str = "longvila"  # the adapter (eval/adapters.py MODEL_TYPES, or auto)
+    lmms_model: str | None = None  # instead of an adapter: any lmms-eval model (eval/lmms_bridge.py)
+    lmms_model_args: str = ""  # its model_args, e.g. "pretrained=PATH,max_frames_num=8"
+    lmms_frames_arg: str | None = None  # the lmms-eval model's frame-count attribute (default: known per model)
     result_name: str | None = None  # default "videomme" (embedded) / "videomme-real"; "" skips it
     command: str | None = None
 
@@ -235,22 +240,18 @@ def _video_key(path: Path) -> str:
     return f"file:{path.resolve()}:{st.st_size}:{int(st.st_mtime)}"
 
 
-def answer_question(lm: runner.LoadedModel, row: dict, visual: torch.Tensor | None,
-                    max_new_tokens: int = 4) -> tuple[str, str]:
-    """Generate a reply to one question (visual (N, T, D) or None for blind) -> (reply, extracted letter)."""
-    text = prompts.videomme_prompt(row["question"], row["options"])
-    ids = runner.prompt_ids(lm, text, None if visual is None else visual.shape[0])
-    reply = runner.generate(lm, runner.embed(lm, ids[None], visual), max_new_tokens)
+def answer_question(lm: VideoLM, row: dict, visual, max_new_tokens: int = 4) -> tuple[str, str]:
+    """Generate a reply to one question (visual: the adapter's row visual, None for blind) -> (reply, letter)."""
+    reply = lm.generate(prompts.videomme_prompt(row["question"], row["options"]), visual, max_new_tokens)
     return reply, prompts.extract_letter(reply)
 
 
-def answer_by_likelihood(lm: runner.LoadedModel, row: dict, visual: torch.Tensor | None) -> tuple[str, list[float]]:
+def answer_by_likelihood(lm: VideoLM, row: dict, visual) -> tuple[str, list[float]]:
     """The option the model finds most likely as its answer to the question asked without options
     -> (letter, per-option sum log-probabilities)."""
-    ids = runner.prompt_ids(lm, row["question"], None if visual is None else visual.shape[0])
-    opts = [runner.answer_ids(lm, prompts.option_text(o)) + lm.eos_ids[:1] for o in row["options"]]
-    lp = runner.option_logprobs(lm, runner.embed(lm, ids[None], visual), opts)
-    return prompts.OPTION_LETTERS[int(lp.argmax())], [round(float(x), 4) for x in lp]
+    opts = [lm.answer_ids(prompts.option_text(o)) + lm.eos_ids[:1] for o in row["options"]]
+    lp = lm.option_logprobs(row["question"], visual, opts)
+    return prompts.OPTION_LETTERS[int(np.argmax(lp))], [round(float(x), 4) for x in lp]
 
 
 def score(records: list[dict], key: str = "pred") -> dict:
@@ -267,10 +268,22 @@ def score(records: list[dict], key: str = "pred") -> dict:
     return {k: {"accuracy": base.accuracy(sum(v), len(v)), "n": len(v)} for k, v in sorted(groups.items())}
 
 
-def run(cfg: VideoMMEConfig, lm: runner.LoadedModel | None = None, ckpt: str | None = None) -> dict:
+def load_model(cfg: VideoMMEConfig, ckpt: str | None) -> VideoLM:
+    """The model the sweep asks: an lmms-eval model (``cfg.lmms_model``) or the adapter ``cfg.model_type``."""
+    if cfg.lmms_model:
+        from longvila.eval.lmms_bridge import LmmsVideoLM
+
+        return LmmsVideoLM(cfg.lmms_model, cfg.lmms_model_args, cfg.lmms_frames_arg)
+    if ckpt is None:
+        raise ValueError("videomme: give a checkpoint folder (--ckpt) or an lmms-eval model (--lmms-model)")
+    return load_adapter(cfg.model_type, ckpt)
+
+
+def run(cfg: VideoMMEConfig, lm: VideoLM | None = None, ckpt: str | None = None) -> dict:
     """Run (or resume) the frame sweep and the blind baseline; returns the summary (``videomme.json``)."""
-    if lm is None:
-        lm = runner.load_model(ckpt)
+    lm = as_video_lm(lm) if lm is not None else load_model(cfg, ckpt)
+    likelihood = cfg.likelihood and lm.has_likelihood
+    level = "embedding" if "embedding" in lm.levels else lm.levels[0]
     t0 = time.time()
     table_path, video_dir = find_layout(cfg.root if cfg.root else build_embedded(cfg.embedded))
     rows = load_table(table_path)[: cfg.limit]
@@ -280,7 +293,7 @@ def run(cfg: VideoMMEConfig, lm: runner.LoadedModel | None = None, ckpt: str | N
                                     f"{r['question_id']} not found")
     out = Path(cfg.out)
     sig_base = [lm.model_hash, str(table_path.resolve()), [r["question_id"] for r in rows], cfg.max_new_tokens,
-                *(["likelihood"] if cfg.likelihood else [])]
+                *(["likelihood"] if likelihood else []), *([] if lm.model_type == "longvila" else [lm.model_type])]
     sweep = {}
     for n in [*cfg.frames, *([0] if cfg.blind else [])]:
         path = out / "sweep" / (f"f{n:05d}.json" if n else "blind.json")
@@ -300,21 +313,22 @@ def run(cfg: VideoMMEConfig, lm: runner.LoadedModel | None = None, ckpt: str | N
             vis = None
             if n:
                 vpath = video_dir / f"{r['videoID']}.mp4"
-                vis, _ = runner.cached_embeddings(lm, out / "cache", _video_key(vpath), n,
-                                                  lambda p=vpath, n=n: read_video_frames(p, n, allow_fewer=True),
-                                                  exact=False)
+                vis, _ = lm.cached_visual(out / "cache", _video_key(vpath), n,
+                                          lambda p=vpath, n=n: read_video_frames(p, n, allow_fewer=True), level,
+                                          exact=False, path=vpath)
             reply, letter = answer_question(lm, r, vis, cfg.max_new_tokens)
             rec = {"question_id": r["question_id"], "duration": r["duration"], "task_type": r["task_type"],
                    "answer": r["answer"], "reply": reply, "pred": letter,
-                   "frames": 0 if vis is None else int(vis.shape[0])}
-            if cfg.likelihood:
+                   "frames": 0 if vis is None else int(len(vis))}
+            if likelihood:
                 rec["ll_pred"], rec["ll"] = answer_by_likelihood(lm, r, vis)
             records.append(rec)
         sweep[n] = {"frames": n, "signature": sig, "scores": score(records), "scores_ll": score(records, "ll_pred"),
                     "records": records}
         atomic_write_json(path, sweep[n])
-    summary = summarize(cfg, sweep, rows)
-    summary.update(seconds=round(time.time() - t0, 2), table_file=str(table_path), model_hash=lm.model_hash)
+    summary = summarize(dataclasses.replace(cfg, likelihood=likelihood), sweep, rows)
+    summary.update(seconds=round(time.time() - t0, 2), table_file=str(table_path), model_hash=lm.model_hash,
+                   model_type=lm.model_type)
     write_outputs(cfg, summary, lm)
     return summary
 
@@ -340,7 +354,7 @@ def summarize(cfg: VideoMMEConfig, sweep: dict, rows: list[dict]) -> dict:
     return out
 
 
-def write_outputs(cfg: VideoMMEConfig, summary: dict, lm: runner.LoadedModel) -> None:
+def write_outputs(cfg: VideoMMEConfig, summary: dict, lm: VideoLM) -> None:
     """videomme.json, curve.png (accuracy vs frames per duration, blind and chance), and the result file."""
     out = Path(cfg.out)
     atomic_write_json(out / "videomme.json", summary)
@@ -392,7 +406,7 @@ def write_outputs(cfg: VideoMMEConfig, summary: dict, lm: runner.LoadedModel) ->
             metrics["acc_ll_blind"] = summary["blind_ll"]["all"]
     keys = ("table", "blind", "questions", "long_gain", "seconds", "table_ll", "blind_ll", "long_gain_ll")
     write_result(name, "videomme", metrics, details={k: summary[k] for k in keys if k in summary},
-                 config={"model": str(lm.ckpt), "model_hash": lm.model_hash, "table_file": summary["table_file"],
+                 config={**lm.describe_model(), "table_file": summary["table_file"],
                          **{k: v for k, v in asdict(cfg).items() if k != "command"}},
                  command=cfg.command, plots={"curve": curve}, results_dir=os.environ.get("LONGVILA_RESULTS_DIR"))
 

@@ -1,26 +1,38 @@
 """The lmms-eval plugin: entry-point registration, both request paths, and a real CLI run with --limit."""
 
-import json
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from longvila.eval import lmms_plugin, videomme
+from longvila.eval.lmms_run import LmmsRunError, run_lmms
 
 
 def test_entry_point_registers_our_classes():
-    """lmms-eval resolves --model longvila to this plugin (not its built-in NVlabs wrapper)."""
+    """lmms-eval resolves --model longvila_e2e to this plugin."""
     from lmms_eval.models import MODEL_REGISTRY_V2, get_model
 
-    m = MODEL_REGISTRY_V2.get_manifest("longvila")
+    m = MODEL_REGISTRY_V2.get_manifest(lmms_plugin.MODEL_ID)
     assert m.simple_class_path == "longvila.eval.lmms_plugin.LongVILALmms"
     assert m.chat_class_path == "longvila.eval.lmms_plugin.LongVILAChatLmms"
-    assert get_model("longvila") is lmms_plugin.LongVILAChatLmms
-    assert get_model("longvila", force_simple=True) is lmms_plugin.LongVILALmms
+    assert get_model(lmms_plugin.MODEL_ID) is lmms_plugin.LongVILAChatLmms
+    assert get_model(lmms_plugin.MODEL_ID, force_simple=True) is lmms_plugin.LongVILALmms
+
+
+def test_plugin_shadows_no_builtin_model():
+    """Installing the project leaves every lmms-eval built-in name to lmms-eval: ours is a new name, and the
+    built-in `longvila` (NVIDIA's LongVILA adapter) still resolves to lmms-eval's own class."""
+    from lmms_eval.models import MODEL_REGISTRY_V2, _build_builtin_manifests, get_model
+
+    builtin = _build_builtin_manifests()
+    names = {n for m in builtin for n in (m.model_id, *m.aliases)}
+    assert "longvila" in names and len(names) > 100
+    ours = lmms_plugin.manifest()
+    assert not ({ours.model_id, *ours.aliases} & names)
+    for m in builtin:  # after the entry points are loaded, every built-in manifest is unchanged
+        got = MODEL_REGISTRY_V2.get_manifest(m.model_id)
+        assert (got.simple_class_path, got.chat_class_path) == (m.simple_class_path, m.chat_class_path), m.model_id
+    assert not get_model("longvila").__module__.startswith("longvila.")
 
 
 def test_needs_pretrained():
@@ -58,29 +70,35 @@ def test_simple_and_chat_paths_answer_alike(letter_ckpt, tmp_path):
 def _run_cli(ckpt, tmp_path, task: str, limit: int, *extra: str):
     """Build a small embedded benchmark, run ``python -m lmms_eval`` on ``task`` with ``--limit`` and
     ``--log_samples`` -> (the questions it ran, printed metrics {name: text}, logged samples by doc_id)."""
-    bench = tmp_path / "artifacts" / "eval" / "videomme" / "bench"
+    bench = tmp_path / "bench"
     table = videomme.build_embedded(videomme.EmbeddedConfig(
         out=str(bench), videos_per_duration=1, lengths={"short": 16, "medium": 32, "long": 48}))
     rows = videomme.load_table(table)
     limit = min(len(rows), limit)
-    env = {**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1", "LONGVILA_VIDEOMME_ROOT": str(bench)}
-    cmd = [sys.executable, "-m", "lmms_eval", "--model", "longvila",
-           "--model_args", f"pretrained={ckpt},num_frames=8", "--tasks", task,
-           "--include_path", str(lmms_plugin.TASKS_DIR), "--limit", str(limit), *extra,
-           "--output_path", str(tmp_path / "out"), "--log_samples"]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    printed = dict(re.findall(rf"\|{task}\|none\s*\|\s*0\|(\w+)\s*\|.\s*\|\s*([\d.]+|NaN)\|", proc.stdout))
-    samples = {json.loads(line)["doc_id"]: json.loads(line)
-               for p in Path(tmp_path / "out").rglob(f"*samples_{task}.jsonl") for line in p.read_text().splitlines()}
-    assert sorted(samples) == list(range(limit)), proc.stdout[-2000:]
+    elsewhere = tmp_path / "elsewhere"  # the benchmark is found through the variable alone, not the working dir
+    elsewhere.mkdir()
+    env = {"HF_DATASETS_CACHE": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "LONGVILA_VIDEOMME_ROOT": str(bench)}
+    res = run_lmms(lmms_plugin.MODEL_ID, f"pretrained={ckpt},num_frames=8", [task], tmp_path / "out",
+                   include_path=lmms_plugin.TASKS_DIR, limit=limit, extra=list(extra), env=env, cwd=elsewhere,
+                   timeout=600)[task]
+    printed = dict(re.findall(rf"\|{task}\|none\s*\|\s*0\|(\w+)\s*\|.\s*\|\s*([\d.]+|NaN)\|", res["stdout"]))
+    samples = {s["doc_id"]: s for s in res["samples"]}
+    assert sorted(samples) == list(range(limit)), res["stdout"][-2000:]
     return rows[:limit], printed, samples
+
+
+def test_run_lmms_fails_when_no_metrics_are_written(tmp_path):
+    """lmms-eval exits 0 when the model cannot load; the wrapper names the task that wrote no metrics."""
+    with pytest.raises(LmmsRunError, match="no metrics for task 'longvila_videomme'"):
+        run_lmms(lmms_plugin.MODEL_ID, f"pretrained={tmp_path / 'missing'}", ["longvila_videomme"], tmp_path / "out",
+                 include_path=lmms_plugin.TASKS_DIR, env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+                                                         "LONGVILA_VIDEOMME_ROOT": str(tmp_path)}, timeout=300)
 
 
 @pytest.mark.slow
 def test_lmms_eval_cli_run(letter_ckpt, tmp_path):
-    """`python -m lmms_eval --model longvila ... --tasks longvila_videomme --limit N` on the embedded set.
+    """`python -m lmms_eval --model longvila_e2e ... --tasks longvila_videomme --limit N` on the embedded set.
 
     The rigged checkpoint always answers "B", so every printed accuracy must equal the share of "B"
     answers among the questions it ran (overall and per duration).
@@ -111,7 +129,7 @@ def test_lmms_eval_cli_likelihood_task(letter_ckpt, tmp_path):
     from longvila.eval import prompts, runner
 
     ran, printed, samples = _run_cli(letter_ckpt, tmp_path, "longvila_videomme_ll", 5, "--force_simple")
-    bench = tmp_path / "artifacts" / "eval" / "videomme" / "bench"
+    bench = tmp_path / "bench"
     lm = runner.load_model(letter_ckpt)
     correct = []
     for i, r in enumerate(ran):

@@ -8,6 +8,7 @@ import torch
 
 from longvila.data import world
 from longvila.eval import needle, runner
+from longvila.eval.adapters import LongVILAVideoLM
 from longvila.model.kv_cache import cache_kwargs, output_cache
 
 
@@ -103,20 +104,20 @@ def _cfg(tmp_path, **kw):
 def test_grid_oracle_and_control(tiny_lm, tmp_path, monkeypatch):
     """With a scorer that answers right iff it finds the card, needles score 1.0 and the no-needle
     controls 0.0."""
-    def oracle(self, embeds, targets, shared=0):
-        # A row is correct iff one of its positions holds the visual token of that code's card.
+    def oracle(self, question, rows, targets, shared_frames=None):
+        # A row is correct iff one of its frames holds the visual tokens of that code's card.
         ok = []
         for b in range(len(targets)):
             code = tiny_lm.tokenizer.decode(targets[b].tolist())
             cards = [world.code_image(code, "eval", np.random.default_rng([0, n, int(code)]))
                      for n in needle.frame_counts(_cfg(tmp_path))]
             tokens = runner.encode_frames(tiny_lm, np.stack(cards)).flatten(0, 1)  # (cards * T, D)
-            ok.append(bool((embeds[b][:, None] - tokens[None]).abs().amax(-1).lt(1e-5).any()))
+            ok.append(bool((rows[b].flatten(0, 1)[:, None] - tokens[None]).abs().amax(-1).lt(1e-5).any()))
         wrong = targets.clone()
         wrong[:, 0] = (wrong[:, 0] + 1) % tiny_lm.model.config.text_config.vocab_size
         return torch.where(torch.tensor(ok)[:, None], targets, wrong)  # predicted answer ids
 
-    monkeypatch.setattr(needle._Scorer, "__call__", oracle)
+    monkeypatch.setattr(LongVILAVideoLM, "teacher_forced", oracle)
     s = needle.run(_cfg(tmp_path, reference_cards=300), lm=tiny_lm)
     assert s["accuracy"] == 1.0 and s["trials"] == 2 * 3 * 3
     assert s["control_accuracy"] == 0.0 and s["control_trials"] == 2 * 3
@@ -182,21 +183,21 @@ def test_work_units_and_cell_files(tmp_path):
 def test_resume_computes_only_missing_cells(tiny_lm, tmp_path, monkeypatch):
     cfg = _cfg(tmp_path, result_name="")
     calls = []
-    real = needle._Scorer.__call__
+    real = LongVILAVideoLM.teacher_forced
 
-    def flaky(self, embeds, targets, shared=0):
+    def flaky(self, *args, **kwargs):
         if len(calls) == 4:
             raise KeyboardInterrupt("killed")
         calls.append(1)
-        return real(self, embeds, targets, shared)
+        return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(needle._Scorer, "__call__", flaky)
+    monkeypatch.setattr(LongVILAVideoLM, "teacher_forced", flaky)
     with pytest.raises(KeyboardInterrupt):
         needle.run(cfg, lm=tiny_lm)
     cells = sorted((tmp_path / "needle" / "cells").glob("*.json"))
     assert len(cells) == 4  # written as it went, atomically (no temp files left)
     assert not list((tmp_path / "needle" / "cells").glob(".*"))
-    monkeypatch.setattr(needle._Scorer, "__call__", real)
+    monkeypatch.setattr(LongVILAVideoLM, "teacher_forced", real)
     s = needle.run(cfg, lm=tiny_lm)
     total = 2 * 3 + 2 + 2  # grid cells, controls, reading-reference cells
     assert s["computed_cells"] == total - 4 and s["reused_cells"] == 4 and s["embeddings_cached"]

@@ -1,8 +1,9 @@
 """lmms-eval hooks for the embedded VideoMME-format benchmark (tasks ``longvila_videomme``, letters, and
 ``longvila_videomme_ll``, option likelihood).
 
-Prompt and letter extraction come from ``longvila.eval.prompts`` so lmms-eval scores exactly as
-``longvila eval videomme`` does. Per-duration accuracies aggregate only the questions of that duration
+The benchmark folder is ``$LONGVILA_VIDEOMME_ROOT`` alone (default: the repository's
+``artifacts/eval/videomme/bench``), so the task runs from any working directory. Prompt and letter
+extraction come from ``longvila.eval.prompts`` so lmms-eval scores exactly as ``longvila eval videomme`` does. Per-duration accuracies aggregate only the questions of that duration
 (NaN when a ``--limit`` run has none).
 """
 
@@ -13,12 +14,20 @@ from pathlib import Path
 from longvila.eval import prompts
 
 ROOT_ENV = "LONGVILA_VIDEOMME_ROOT"
-DEFAULT_ROOT = "artifacts/eval/videomme/bench"
+# where `make videomme` writes the benchmark, in the repository this file sits in (never the working directory)
+DEFAULT_ROOT = Path(__file__).resolve().parents[3] / "artifacts" / "eval" / "videomme" / "bench"
+
+
+def root() -> Path:
+    return Path(os.environ.get(ROOT_ENV) or DEFAULT_ROOT).resolve()
+
+
+# the question table, read by the task YAML (`!function utils.TABLE`) when lmms-eval loads the task
+TABLE = str(root() / "videomme.json")
 
 
 def video_path(doc) -> str:
-    root = Path(os.environ.get(ROOT_ENV, DEFAULT_ROOT))
-    path = root / "data" / f"{doc['videoID']}.mp4"
+    path = root() / "data" / f"{doc['videoID']}.mp4"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: video of question {doc['question_id']} not found "
                                 f"(set {ROOT_ENV} to the benchmark folder)")
