@@ -172,8 +172,12 @@ def _short(v: Any, width: int = 24) -> str:
 
 
 def _model_config(r: Result) -> str:
+    """The model type and the first 8 hex digits of the checkpoint hash (when the result names them), the model
+    or config name, then a few scalars of the run's configuration."""
     cfg = dict(r.config or {})
     model = cfg.pop("model", None) or cfg.pop("config", None)
+    ident = [str(cfg.pop("model_type", "") or ""), str(cfg.pop("model_hash", "") or "")[:8]]
+    model = " ".join(x for x in (*ident, str(model) if model else "") if x)
     cfg.pop("frames", None)
     scalars = [f"{k}={_short(v)}" for k, v in sorted(cfg.items())
                if isinstance(v, (str, int, float, bool)) and not _LOCATION_KEY.search(k)]

@@ -188,8 +188,12 @@ def test_model_config_summary_skips_locations_and_shortens(tmp_path):
         "model": "artifacts/ckpt/stage5", "command": "x", "out": "/tmp/o", "cache_dir": "/c", "table_file": "t",
         "needles": 5, "model_hash": "0123456789abcdef0123456789abcdef", "nested": {"a": 1}})
     text = tables._model_config(load_results(tmp_path)[0])
-    assert text == "artifacts/ckpt/stage5 (model_hash=0123456789abcdef01234..., needles=5)", text
+    assert text == "01234567 artifacts/ckpt/stage5 (needles=5)", text
     assert p.is_file()
+    # a result of an outside model names its type and checkpoint hash first
+    write_result("q", "needle", {"accuracy": 0.0}, results_dir=tmp_path / "q", config={
+        "model": "/models/qwen2-vl-7b", "model_type": "qwen2_vl", "model_hash": "fedcba9876543210", "needles": 5})
+    assert tables._model_config(load_results(tmp_path / "q")[0]) == "qwen2_vl fedcba98 /models/qwen2-vl-7b (needles=5)"
 
 
 def test_many_headline_metrics_are_capped_largest_first(tmp_path):
