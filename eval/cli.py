@@ -181,6 +181,10 @@ def _run(args: argparse.Namespace, command: str) -> int:
             for n in s["frames"]:
                 print(f"  {n:>6} " + " ".join(f"{table[str(n)].get(k, float('nan')):7.3f}" for k in keys))
 
+        empty = {n: k for n, k in s["empty_replies"].items() if k}
+        if empty:
+            print("  warning: empty replies (frames: count) " + ", ".join(f"{n}: {k}" for n, k in empty.items())
+                  + " -- check the model loads and takes this prompt", file=sys.stderr)
         print("  frames " + " ".join(f"{k.split('/')[-1]:>7}" for k in keys))
         print_table(s["table"])
         if s.get("table_ll"):

@@ -14,8 +14,9 @@ Design choices:
   chat form (context, doc_to_messages, gen_kwargs, ...).
 - Option likelihood is not asked of bridged models (many lmms-eval adapters raise NotImplementedError for
   ``loglikelihood``); the sweep reports the letter protocol only.
-- A reply the model could not produce (lmms-eval adapters often catch their own errors and return ``""``)
-  still scores as wrong, and the count of empty replies is kept (``empty_replies``) so a broken model shows.
+- A reply the model could not produce (lmms-eval adapters often catch their own errors and return ``""``;
+  llava_hf does so for the blind, text-only questions) still scores as wrong, and the sweep counts empty
+  replies per frame count (``empty_replies``, a warning on the command line) so a broken model shows.
 """
 
 from __future__ import annotations
@@ -57,16 +58,17 @@ class LmmsVideoLM(VideoLM):
         except Exception as e:  # noqa: BLE001 - lmms-eval raises several types for an unknown name
             raise ValueError(f"lmms-eval has no model {name!r} ({type(e).__name__}: {e})") from None
         self.model_type = f"lmms:{name}"
-        self.lmm = cls.create_from_arg_string(model_args, {"batch_size": 1, "device": "cpu"})
+        given = dict(kv.split("=", 1) for kv in model_args.split(",") if "=" in kv)
+        defaults = {k: v for k, v in {"batch_size": 1, "device": "cpu"}.items() if k not in given}
+        self.lmm = cls.create_from_arg_string(model_args, defaults)
         self.frames_arg = frames_arg or FRAME_ARGS.get(name)
         if not self.frames_arg or not hasattr(self.lmm, self.frames_arg):
             raise ValueError(f"lmms-eval model {name!r}: no frame-count attribute "
                              f"{self.frames_arg!r}; name it with --lmms-frames-arg")
         self.simple = getattr(self.lmm, "is_simple", True)
-        pretrained = dict(kv.split("=", 1) for kv in model_args.split(",") if "=" in kv).get("pretrained", "")
+        pretrained = given.get("pretrained", "")
         self.ckpt = Path(pretrained) if pretrained else Path(name)
         self.model_hash = _hash_or_name(self.ckpt, model_args)
-        self.empty_replies = 0
 
     # the sweep's side of VideoLM
     @property
@@ -115,13 +117,7 @@ class LmmsVideoLM(VideoLM):
         req = Instance(request_type="generate_until", arguments=args, idx=0,
                        metadata={"task": TASK, "doc_id": 0, "repeats": 1})
         reply = self.lmm.generate_until([req])[0]
-        reply = getattr(reply, "text", reply)  # GenerationResult or str
-        if not str(reply).strip():
-            self.empty_replies += 1
-        return str(reply).strip()
-
-    def describe_model(self) -> dict:
-        return {**super().describe_model(), "empty_replies": self.empty_replies}
+        return str(getattr(reply, "text", reply)).strip()  # GenerationResult or str
 
 
 def _hash_or_name(ckpt: Path, model_args: str) -> str:

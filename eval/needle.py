@@ -549,7 +549,7 @@ def write_outputs(cfg: NeedleConfig, summary: dict, lm: VideoLM) -> None:
         write_result(name, "needle", metrics, details={k: summary[k] for k in (
             "frame_counts", "depths", "grid", "trials", "control_trials", "read_trials", "if_read_trials",
             "if_read_per_frames", "chance", "seconds", "level")},
-            config={**lm.describe_model(), **summary["config"]},
+            config={**summary["config"], **lm.describe_model()},
             seed=cfg.seed, command=cfg.command, plots={"heatmap": heat, "per_frames": curve},
             results_dir=os.environ.get("LONGVILA_RESULTS_DIR"))
 

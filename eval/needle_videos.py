@@ -3,10 +3,12 @@
 ``build(cfg)`` writes the same grid ``longvila eval needle`` scores (same haystack, frame counts, depths,
 codes and cards, for the same seed and style), one video per question, in this layout:
 
-    <root>/needle.json        one row per video: id, kind (grid | control | read), frames (haystack frames n),
+    <root>/needle.json        one row per video: id, kind (grid | control | read), frames (the cell's frame
+                              count n), haystack_frames (n; for the reading reference reference_frames),
                               depth (grid: the needle's depth; read: 0.5; control: null), needle_frame (the
-                              needle's index, null for the control), num_frames (frames in the video: n + 1,
-                              or n for the control), question, answer, video (path relative to the root)
+                              needle's index, null for the control), num_frames (frames in the video:
+                              haystack_frames + 1, or haystack_frames for the control), question, answer, video
+                              (path relative to the root)
     <root>/videos/<id>.mp4    H.264 (``data.video_io.encode_mp4``), exactly num_frames frames at --size pixels
     <root>/.build.json        the build configuration (the same configuration is not built twice)
 
@@ -81,7 +83,8 @@ def build(cfg: NeedleVideosConfig) -> Path:
             tag = f"d{depth:.2f}" if u.kind == needle.GRID else u.kind
             vid = f"f{u.frames:05d}-{tag}-{code}"
             atomic_write_bytes(out / "videos" / f"{vid}.mp4", encode_mp4(frames, fps=cfg.fps))
-            rows.append({"id": vid, "kind": u.kind, "frames": u.frames, "depth": depth, "needle_frame": where,
+            rows.append({"id": vid, "kind": u.kind, "frames": u.frames, "haystack_frames": n_hay, "depth": depth,
+                         "needle_frame": where,
                          "num_frames": len(frames), "question": prompts.needle_question(), "answer": code,
                          "video": f"videos/{vid}.mp4"})
     atomic_write_json(table, rows)

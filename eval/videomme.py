@@ -328,7 +328,10 @@ def run(cfg: VideoMMEConfig, lm: VideoLM | None = None, ckpt: str | None = None)
         atomic_write_json(path, sweep[n])
     summary = summarize(dataclasses.replace(cfg, likelihood=likelihood), sweep, rows)
     summary.update(seconds=round(time.time() - t0, 2), table_file=str(table_path), model_hash=lm.model_hash,
-                   model_type=lm.model_type)
+                   model_type=lm.model_type,
+                   # replies with no text at all: a model that failed, or a prompt it does not take, shows here
+                   empty_replies={("blind" if n == 0 else str(n)): sum(not r["reply"] for r in sw["records"])
+                                  for n, sw in sweep.items()})
     write_outputs(cfg, summary, lm)
     return summary
 
@@ -404,10 +407,11 @@ def write_outputs(cfg: VideoMMEConfig, summary: dict, lm: VideoLM) -> None:
             metrics["acc_ll_long"] = ll[last]["duration/long"]
         if summary["blind_ll"]:
             metrics["acc_ll_blind"] = summary["blind_ll"]["all"]
-    keys = ("table", "blind", "questions", "long_gain", "seconds", "table_ll", "blind_ll", "long_gain_ll")
+    keys = ("table", "blind", "questions", "long_gain", "seconds", "table_ll", "blind_ll", "long_gain_ll",
+            "empty_replies")
     write_result(name, "videomme", metrics, details={k: summary[k] for k in keys if k in summary},
-                 config={**lm.describe_model(), "table_file": summary["table_file"],
-                         **{k: v for k, v in asdict(cfg).items() if k != "command"}},
+                 config={"table_file": summary["table_file"],
+                         **{k: v for k, v in asdict(cfg).items() if k != "command"}, **lm.describe_model()},
                  command=cfg.command, plots={"curve": curve}, results_dir=os.environ.get("LONGVILA_RESULTS_DIR"))
 
 

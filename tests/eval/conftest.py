@@ -55,3 +55,18 @@ def letter_ckpt(tmp_path_factory):
     model.save_pretrained(path)
     proc.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_hf(tmp_path_factory):
+    """save_tiny(arch) once per session: the folder of a tiny random-init Hugging Face model of ``arch``."""
+    from longvila.eval.tiny_hf import save_tiny
+
+    made = {}
+
+    def get(arch: str):
+        if arch not in made:
+            made[arch] = save_tiny(arch, tmp_path_factory.mktemp(arch))
+        return made[arch]
+
+    return get
