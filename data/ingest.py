@@ -10,7 +10,8 @@ Design choices:
 - Problems with the index file itself are errors naming the file and line: not UTF-8, malformed CSV/JSON,
   a missing column, an unknown key (a misspelt key would otherwise drop information silently).
 - Problems with one sample are counted skips with a reason: missing media file, empty or corrupt video,
-  a video shorter than ``--min-frames``, an empty caption, placeholders that do not match the media.
+  a video shorter than ``--min-frames`` (default 8; frames are never repeated to reach it), an empty
+  caption, placeholders that do not match the media.
   The build prints ``skipped N: reason: count, ...`` and the manifest stores the counts.
 - Media bytes are stored as they are (decord/PyAV read them at load time), under their own extension
   (``mp4``, ``mkv``, ``jpg``, ``png`` ...); videos are probed once at ingest so broken ones never reach a shard.
@@ -41,7 +42,7 @@ VIDEO_EXTS = {"mp4", "mkv", "avi", "webm", "mov", "m4v"}
 class IngestConfig:
     name: str = "ingested"
     per_shard: int = 64
-    min_frames: int = 1  # a video with fewer frames is skipped (counted)
+    min_frames: int = 8  # a video with fewer frames is skipped (counted), never repeated up to it
     allow_extra_keys: bool = False  # keep unknown record keys under "extra" instead of failing
 
 
@@ -72,15 +73,41 @@ def read_captions(path: str | Path) -> list[dict[str, str]]:
             _check_keys(row, CAPTION_KEYS, f"{path}:{i}")
             rows.append(row)
     elif path.suffix.lower() == ".csv":
-        reader = csv.DictReader(io.StringIO(text))
-        header = reader.fieldnames or []
-        _check_keys(dict.fromkeys(header), CAPTION_KEYS, f"{path}: header")
-        for i, row in enumerate(reader, 2):
-            if None in row or any(v is None for v in row.values()):
-                raise ValueError(f"{path}:{i}: expected {len(header)} columns ({', '.join(header)})")
-            rows.append(row)
+        rows = _read_csv(path, text)
     else:
         raise ValueError(f"{path}: captions must be .csv or .jsonl, not {path.suffix or 'no extension'}")
+    return rows
+
+
+def _read_csv(path: Path, text: str) -> list[dict[str, str]]:
+    """Rows of a CSV caption file, read strictly: a quote that never closes, text after a closing quote or a
+    row with the wrong number of columns is an error naming the line the record starts on (a quoted caption
+    may span lines; a lenient reader would take the rest of the file as the caption of an unclosed one)."""
+    reader = csv.reader(io.StringIO(text), strict=True)
+    rows: list[dict[str, str]] = []
+    header: list[str] | None = None
+    while True:
+        start = reader.line_num + 1  # the line this record starts on
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            if "unexpected end of data" in str(e):
+                raise ValueError(f"{path}:{start}: unterminated quote (a field opened with \" on this line "
+                                 "never closes)") from None
+            raise ValueError(f"{path}:{start}: malformed CSV ({e})") from None
+        if not row:
+            continue
+        if header is None:
+            header = row
+            _check_keys(dict.fromkeys(header), CAPTION_KEYS, f"{path}: header")
+            continue
+        if len(row) != len(header):
+            raise ValueError(f"{path}:{start}: expected {len(header)} columns ({', '.join(header)})")
+        rows.append(dict(zip(header, row, strict=True)))
+    if header is None:
+        _check_keys({}, CAPTION_KEYS, f"{path}: header")
     return rows
 
 
@@ -117,7 +144,7 @@ def read_llava(path: str | Path, allow_extra_keys: bool = False) -> list[dict[st
 
 
 # ------------------------------------------------------------------------------------------- samples
-def _probe_video(path: Path, min_frames: int) -> str | None:
+def probe_video(path: Path, min_frames: int) -> str | None:
     """None if the video is usable, else the skip reason."""
     if not path.is_file():
         return "missing file"
@@ -140,7 +167,7 @@ def _caption_sample(cfg: IngestConfig, root: Path, i: int, row: dict) -> tuple[d
     if not str(row.get("caption", "")).strip():
         return None, "empty caption"
     vpath = root / row["video"]
-    reason = _probe_video(vpath, cfg.min_frames)
+    reason = probe_video(vpath, cfg.min_frames)
     if reason:
         return None, reason
     key = f"{cfg.name}-{i:08d}"
@@ -170,7 +197,7 @@ def _llava_sample(cfg: IngestConfig, root: Path, i: int, rec: dict) -> tuple[dic
     media = []
     for j, (kind, path) in enumerate(media_paths):
         if kind == "video":
-            reason = _probe_video(path, cfg.min_frames)
+            reason = probe_video(path, cfg.min_frames)
             if reason:
                 return None, reason
         elif not path.is_file():
@@ -231,7 +258,7 @@ def add_parser(sub) -> None:
     p.add_argument("--captions", help="(a) captions .csv (video,caption) or .jsonl")
     p.add_argument("--llava", help="(b) LLaVA-style JSON list of records")
     p.add_argument("--media-root", help="(b) folder the records' paths are relative to")
-    p.add_argument("--min-frames", type=int, default=1)
+    p.add_argument("--min-frames", type=int, default=8, help="shorter videos are counted skips (default 8)")
     p.add_argument("--per-shard", type=int, default=64)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--allow-extra-keys", action="store_true")

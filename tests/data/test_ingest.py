@@ -76,6 +76,38 @@ def test_captions_jsonl_and_file_level_errors(media, tmp_path):
         ingest.read_captions(tmp_path / "nope.csv")
 
 
+def test_csv_unterminated_quote_names_its_line_and_quoted_newlines_still_work(media, tmp_path):
+    csv = tmp_path / "caps.csv"
+    csv.write_text('video,caption\ngood.mp4,"two\nlines"\n\ngood2.mp4,fine\ngood.mp4,"never closes\n'
+                   "good2.mp4,swallowed\n")
+    with pytest.raises(ValueError, match=r"caps.csv:6: unterminated quote"):
+        ingest.read_captions(csv)
+    csv.write_text('video,caption\ngood.mp4,"two\nlines"\ngood2.mp4,"a"b\n')
+    with pytest.raises(ValueError, match=r"caps.csv:4: malformed CSV"):
+        ingest.read_captions(csv)
+    csv.write_text('video,caption\ngood.mp4,"two\nlines"\n\ngood2.mp4,fine\n')
+    assert ingest.read_captions(csv) == [{"video": "good.mp4", "caption": "two\nlines"},
+                                         {"video": "good2.mp4", "caption": "fine"}]
+    csv.write_text("")
+    with pytest.raises(ValueError, match=r"caps.csv: header: missing keys"):
+        ingest.read_captions(csv)
+
+
+def test_default_min_frames_skips_a_3_frame_video(media, tmp_path):
+    (tmp_path / "v").mkdir()
+    (tmp_path / "v/three.mp4").write_bytes(encode_mp4(world.make_video(6, 3).frames))
+    (tmp_path / "v/eight.mp4").write_bytes(encode_mp4(world.make_video(7, 8).frames))
+    csv = tmp_path / "caps.csv"
+    csv.write_text("video,caption\nthree.mp4,Three frames.\neight.mp4,Eight frames.\n")
+    m = ingest.ingest(tmp_path / "out", ingest.IngestConfig(), videos=tmp_path / "v", captions=csv)
+    assert ingest.IngestConfig().min_frames == 8 and m["config"]["min_frames"] == 8
+    assert m["num_samples"] == 1 and m["skipped"] == {"shorter than 8 frames": 1}
+    r = subprocess.run([sys.executable, "-m", "longvila.cli", "data", "ingest", "--out", str(tmp_path / "o"),
+                        "--videos", str(tmp_path / "v"), "--captions", str(csv)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and "skipped 1: shorter than 8 frames: 1" in r.stdout, r.stderr
+
+
 def test_llava_json(media, tmp_path):
     recs = [
         {"id": "v1", "video": "good.mp4", "conversations": [{"from": "human", "value": "<video>\nWhat?"},
