@@ -1,4 +1,5 @@
-"""``longvila data``: build the sets, ingest a user's videos, verify shards, preview, benchmark."""
+"""``longvila data``: build the sets, ingest a user's videos, make a long-video set from them (and merge its
+rank parts), verify shards, preview, benchmark."""
 
 from __future__ import annotations
 
@@ -69,12 +70,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="override a config field, e.g. long_sft.max_frames=600 or short_sft.num_samples=100")
     v = sub.add_parser("verify", help="check every shard's sha256 against its manifest")
     v.add_argument("dir")
-    from longvila.data import bench, ingest, preview
+    from longvila.data import bench, ingest, longvideo, preview
 
     ingest.add_parser(sub)
+    longvideo.add_parsers(sub)
     bench.add_parser(sub)
     preview.add_parser(sub)
     args = ap.parse_args(argv)
     run = {"build": _build, "verify": _verify, "ingest": ingest.run_cli, "bench": bench.run_cli,
-           "preview": preview.run_cli}
+           "preview": preview.run_cli, "longvideo": longvideo.run_cli, "merge": longvideo.run_merge}
     return run[args.cmd](args)

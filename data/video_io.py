@@ -11,6 +11,8 @@ Design choices:
   does. decord reads from a path or a file-like object; if it fails (a codec it cannot read) PyAV decodes
   everything and the same indices are taken. Empty, corrupt or too-short input raises ``VideoError`` that
   names the source.
+- Long videos (``data/longvideo.py``) are never decoded whole: ``iter_frames`` streams them in chunks, at a
+  small size if asked (decord resizes while decoding), and ``read_frames_at`` decodes only the frames asked.
 """
 
 from __future__ import annotations
@@ -180,3 +182,97 @@ def num_frames_of(src: str | os.PathLike | bytes) -> int:
     except Exception:  # decord's own error types; PyAV decides below
         pass
     return int(read_frames(src, None, backend="pyav").shape[0])
+
+
+def video_meta(src: str | os.PathLike) -> tuple[int, float]:
+    """(number of frames, frames per second) of a video file: decord's index, else PyAV's stream header."""
+    if not Path(src).is_file():
+        raise FileNotFoundError(f"{src}: no such video file")
+    try:
+        import decord
+
+        vr = decord.VideoReader(str(src), ctx=decord.cpu(0), num_threads=1)
+        if len(vr) > 0 and vr.get_avg_fps() > 0:
+            return len(vr), float(vr.get_avg_fps())
+    except Exception:  # decord's own error types; PyAV decides below
+        pass
+    import av
+
+    try:
+        with av.open(str(src)) as c:
+            rate = c.streams.video[0].average_rate
+    except Exception as e:
+        raise VideoError(f"{src}: corrupt or unreadable video ({str(e).splitlines()[0] if str(e) else e!r})") from None
+    if not rate:
+        raise VideoError(f"{src}: the video stream states no frame rate")
+    return num_frames_of(src), float(rate)
+
+
+def iter_frames(src: str | os.PathLike, size: tuple[int, int] | None = None, chunk: int = 64):
+    """Every frame of a video in order, as chunks (k, H, W, 3) uint8 of at most ``chunk`` frames.
+
+    ``size`` = (H', W') decodes at that size (decord resizes while decoding, so a long high-resolution video
+    never sits in memory at full size); PyAV when decord cannot read the file.
+    """
+    try:
+        import decord
+
+        kw = {"height": size[0], "width": size[1]} if size else {}
+        vr = decord.VideoReader(str(src), ctx=decord.cpu(0), num_threads=1, **kw)
+        n = len(vr)
+        first = vr.get_batch(list(range(min(n, chunk)))).asnumpy() if n else None
+    except Exception:  # decord's own error types: PyAV below
+        # NOTE: decord's resizing fails for some output widths (seen: 16 and 24 fail, 32 works)
+        n, first = 0, None
+    if first is not None:
+        yield first
+        for a in range(chunk, n, chunk):
+            yield vr.get_batch(list(range(a, min(n, a + chunk)))).asnumpy()
+        return
+    import av
+
+    buf = []
+    with av.open(str(src)) as c:
+        for fr in c.decode(video=0):
+            if size:
+                fr = fr.reformat(width=size[1], height=size[0])
+            buf.append(fr.to_ndarray(format="rgb24"))
+            if len(buf) == chunk:
+                yield np.stack(buf)
+                buf = []
+    if buf:
+        yield np.stack(buf)
+
+
+def read_frames_at(src: str | os.PathLike, indices, size: tuple[int, int] | None = None) -> np.ndarray:
+    """The frames at ``indices`` (any order, repeats allowed) -> (len(indices), H, W, 3) uint8.
+
+    ``size`` = (H', W') decodes at that size. decord seeks to each index; PyAV decodes up to the last one.
+    """
+    idx = [int(i) for i in indices]
+    if not idx:
+        raise ValueError("read_frames_at needs at least one index")
+    try:
+        import decord
+
+        kw = {"height": size[0], "width": size[1]} if size else {}
+        vr = decord.VideoReader(str(src), ctx=decord.cpu(0), num_threads=1, **kw)
+        if len(vr) > max(idx):
+            return vr.get_batch(idx).asnumpy()
+    except Exception:  # decord's own error types: PyAV below
+        pass
+    import av
+
+    want, got = set(idx), {}
+    with av.open(str(src)) as c:
+        for i, fr in enumerate(c.decode(video=0)):
+            if i in want:
+                if size:
+                    fr = fr.reformat(width=size[1], height=size[0])
+                got[i] = fr.to_ndarray(format="rgb24")
+            if i >= max(idx):
+                break
+    missing = sorted(want - set(got))
+    if missing:
+        raise VideoError(f"{src}: no frame {missing[0]} (the video has fewer frames)")
+    return np.stack([got[i] for i in idx])

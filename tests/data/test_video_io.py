@@ -79,3 +79,19 @@ def test_rgb_to_yuv420p_bt601_limited_range():
     img[:2, :2] = 255  # the top-left chroma sample averages a white 2x2 block
     yuv = video_io.rgb_to_yuv420p(img)
     assert yuv[0, 0] == 235 and yuv[0, 2] == 16 and yuv[4, 0] == 128
+
+
+def test_streaming_and_indexed_readers_agree_with_read_frames(clip, tmp_path):
+    v, mp4 = clip
+    path = tmp_path / "v.mp4"
+    path.write_bytes(mp4)
+    whole = video_io.read_frames(path)
+    assert video_io.video_meta(path) == (40, v.fps)
+    chunks = list(video_io.iter_frames(path, chunk=16))
+    assert [len(c) for c in chunks] == [16, 16, 8] and np.array_equal(np.concatenate(chunks), whole)
+    small = np.concatenate(list(video_io.iter_frames(path, size=(16, 24))))
+    assert small.shape == (40, 16, 24, 3)
+    at = video_io.read_frames_at(path, [39, 0, 5, 5])
+    assert np.array_equal(at, whole[[39, 0, 5, 5]])
+    with pytest.raises(FileNotFoundError, match="nope.mp4"):
+        video_io.video_meta(tmp_path / "nope.mp4")
