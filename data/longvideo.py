@@ -93,7 +93,7 @@ class LongVideoConfig:
     scene: SceneConfig = field(default_factory=SceneConfig)
     frames_per_clip: int = 8  # frames the captioner sees per clip (all of a shorter clip)
     min_frames: int = 8  # shorter videos are counted skips (ingest's rule)
-    per_shard: int = 1  # videos per shard: resume is per video
+    per_shard: int = 1  # videos per shard: resume is per video; the writer batches over a shard's videos
     batch: int = 8  # clips per captioner call, videos per writer call
     caption_tokens: int = 64
     writer_tokens: int = 768
@@ -542,8 +542,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--scenes", action="store_true", help="cut at detected scene cuts (data/scenes.py)")
     p.add_argument("--frames-per-clip", type=int, default=8)
     p.add_argument("--min-frames", type=int, default=8)
-    p.add_argument("--per-shard", type=int, default=1)
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--per-shard", type=int, default=1, help="videos per shard (default 1: a killed build redoes "
+                   "one video); the writer batches over the videos of a shard, so raise it on a GPU")
+    p.add_argument("--batch", type=int, default=8, help="clips per captioner call, videos per writer call")
     p.add_argument("--caption-tokens", type=int, default=64)
     p.add_argument("--writer-tokens", type=int, default=768)
     p.add_argument("--seed", type=int, default=0)

@@ -139,6 +139,13 @@ def test_caption_cache_serves_a_new_writer_and_malformed_replies_are_counted(vid
     m, stats = longvideo.build(vids, tmp_path, _cfg(writer=writer, name="gib", writer_tokens=16))
     assert fakecap.CALLS == [] and stats == {"clips_captioned": 0, "clips_cached": 3}
     assert m["num_samples"] == 0 and m["skipped"] == {**BAD, "writer output: not valid JSON": 3}
+    # batched, left-padded greedy decoding answers each prompt as it would alone
+    w = longvideo.load_writer(writer, tokens=8, batch=4)
+    prompts = [longvideo.writer_prompt(["A red circle appears."], [(0.0, 3.0)]),
+               longvideo.writer_prompt(["A cut.", "A blue square leaves the left of the frame."], [(0, 2), (2, 4)])]
+    assert w._generate(prompts) == [w._generate([p])[0] for p in prompts]
+    m3, _ = longvideo.build(vids, tmp_path, _cfg(writer=writer, name="gib3", writer_tokens=8, per_shard=3))
+    assert m3["num_shards"] == 3 and m3["skipped"] == m["skipped"]
     good = {"summary": "A test card, then a fractal.", "sub_event": [{"clip": 1, "question": "What is in clip 1?",
             "answer": "A test card."}], "temporal": [{"question": "What comes first?", "answer": "The test card."}],
             "counting": [{"question": "How many scenes?", "answer": 1}]}
