@@ -4,7 +4,8 @@ Public API (names kept stable; imported lazily so that ``longvila parallel plan`
 - layout: ``ParallelDims``, ``SPMesh``, ``build_mesh``, ``plan_layout``
 - processes: ``init_distributed`` (torchrun), ``run_distributed`` (local gloo processes)
 - sharding: ``zigzag_shard``, ``zigzag_unshard``, ``padded_length``
-- attention on local (B, H, S_local, D) shards: ``sp_attention``, ``segment_ids_from_positions``
+- attention on local (B, H, S_local, D) shards: ``sp_attention``, ``segment_ids_from_positions``; the
+  host-made plan of a step: ``plan_from_positions``, ``use_plan``
 - Hugging Face: ``apply_sequence_parallel``, ``remove_sequence_parallel``
 - training step: ``mmsp_forward``, ``reduce_sp_gradients``
 - inference: ``sp_prefill``, ``sp_generate``, ``sp_score``
@@ -19,6 +20,7 @@ _EXPORTS = {
     "init_distributed": "comm", "run_distributed": "launch",
     "zigzag_shard": "zigzag", "zigzag_unshard": "zigzag", "padded_length": "zigzag",
     "sp_attention": "attention", "segment_ids_from_positions": "attention",
+    "plan_from_positions": "attention", "use_plan": "attention",
     "apply_sequence_parallel": "hf", "remove_sequence_parallel": "hf",
     "mmsp_forward": "mmsp", "reduce_sp_gradients": "mmsp",
     "sp_prefill": "inference", "sp_generate": "inference", "sp_score": "inference",

@@ -150,7 +150,7 @@ class _AllGather(torch.autograd.Function):
         ctx.group, ctx.dim = group, dim
         n = group_size(group)
         xs = x.movedim(dim, 0).contiguous()
-        out = torch.empty((n * xs.shape[0], *xs.shape[1:]), dtype=x.dtype)
+        out = torch.empty((n * xs.shape[0], *xs.shape[1:]), dtype=x.dtype, device=x.device)
         dist.all_gather_single(out, xs, group=group)
         return out.movedim(0, dim)
 
@@ -158,7 +158,7 @@ class _AllGather(torch.autograd.Function):
     def backward(ctx, grad):
         n = group_size(ctx.group)
         g = grad.movedim(ctx.dim, 0).contiguous()  # NOTE: contiguous, see the module docstring
-        out = torch.empty((g.shape[0] // n, *g.shape[1:]), dtype=g.dtype)
+        out = torch.empty((g.shape[0] // n, *g.shape[1:]), dtype=g.dtype, device=g.device)
         dist.reduce_scatter_single(out, g, op=dist.ReduceOp.SUM, group=ctx.group)
         return out.movedim(0, ctx.dim), None, None
 
@@ -183,5 +183,5 @@ def all_gather_varlen(x: torch.Tensor, group, dim: int = 0) -> torch.Tensor:
     m = max(sizes)
     pad = [0, 0] * (x.dim() - 1 - (dim % x.dim())) + [0, m - x.shape[dim]]
     full = all_gather(torch.nn.functional.pad(x, pad), group, dim)
-    idx = torch.cat([torch.arange(s) + i * m for i, s in enumerate(sizes)])
+    idx = torch.cat([torch.arange(s) + i * m for i, s in enumerate(sizes)]).to(x.device)
     return full.index_select(dim, idx)

@@ -18,21 +18,34 @@ refused with a clear error (pack samples instead).
 
 A one-rank mesh is supported: plain causal attention that respects packed-sample boundaries, for the
 single-process trainer.
+
+The attention backend (``attn_backend``: auto, torch, flash_attn, ring_flash_attn; see ``backends.py``) is
+chosen at ``apply_sequence_parallel`` and resolved per call from the tensors' device and dtype. The
+host-side attention plan (``attention.SPPlan``) is made once per forward: the first layer makes it from the
+``position_ids`` tensor HF passes to every layer, the others find it in a one-entry cache keyed by that
+tensor (a weak reference, its version counter, the shapes and the mesh), so no layer after the first reads
+a device value. Callers that hold the global positions on the host (the MM-SP step, SP prefill and scoring)
+pass a plan made there instead (``attention.use_plan``), and no layer reads a device value at all. Every tensor made here (decode masks, positions) is made on the device of the query.
 """
 
 from __future__ import annotations
+
+import weakref
 
 import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
-from .attention import logn_scale, segment_ids_from_positions, sp_attention
+from .attention import active_plan, logn_scale, plan_attention, segment_ids_from_positions, sp_attention
+from .backends import check_choice
 from .mesh import SPMesh
 
 ATTN_NAME = "longvila_sp"
 LOGN_KEY = "logn_attention_base"  # text-config attribute: log-n scaling base (positions); 0 or absent = off
 _MESH_ATTR = "_longvila_sp_mesh"
+_BACKEND_ATTR = "_longvila_sp_backend"
+_PLAN_CACHE: dict = {}  # one entry: the plan of the forward in progress
 
 
 def _decode_attention(q, k, v, scale):
@@ -40,8 +53,26 @@ def _decode_attention(q, k, v, scale):
     sq, sk = q.shape[2], k.shape[2]
     mask = None
     if sq > 1:
-        mask = torch.ones(sq, sk, dtype=torch.bool).tril(diagonal=sk - sq)
+        mask = torch.ones(sq, sk, dtype=torch.bool, device=q.device).tril(diagonal=sk - sq)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=k.shape[1] != q.shape[1])
+
+
+def step_plan(query: torch.Tensor, pos: torch.Tensor | None, mesh: SPMesh):
+    """The ``SPPlan`` of this forward: the caller's (``attention.use_plan``) when it fits the local shape, else
+    made on the first layer's call and found again by the next layers (same ``position_ids`` tensor, same
+    version, same shapes and mesh)."""
+    given = active_plan()
+    if given is not None and given.shape in ((query.shape[0], query.shape[2]), (-1, -1)):
+        return given
+    key = (id(mesh), tuple(query.shape), None if pos is None else (tuple(pos.shape), pos._version))
+    hit = _PLAN_CACHE.get("entry")
+    if hit is not None and hit[1] == key and pos is not None and hit[0]() is pos:
+        return hit[2]
+    seg = None if pos is None else segment_ids_from_positions(pos, mesh, query.shape[0])
+    plan = plan_attention(seg, mesh, "zigzag", query)
+    if pos is not None:
+        _PLAN_CACHE["entry"] = (weakref.ref(pos), key, plan)
+    return plan
 
 
 def sp_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
@@ -53,18 +84,18 @@ def sp_attention_forward(module, query, key, value, attention_mask, dropout: flo
     if sliding_window is not None:
         raise ValueError(f"{ATTN_NAME}: sliding-window attention is not supported")
     mesh = getattr(module, _MESH_ATTR, None) or SPMesh.single()
+    backend = getattr(module, _BACKEND_ATTR, "auto")
     pos = kwargs.get("position_ids")
     base = getattr(getattr(module, "config", None), LOGN_KEY, 0) or 0
     if base:
         if pos is None:  # no packing: positions count from the start of the cache
-            pos = torch.arange(key.shape[2] - query.shape[2], key.shape[2])[None]
+            pos = torch.arange(key.shape[2] - query.shape[2], key.shape[2], device=query.device)[None]
             if mesh.sp_size > 1:
                 raise ValueError(f"{ATTN_NAME}: log-n scaling on {mesh.sp_size} SP ranks needs the global "
                                  "position_ids of the shard")
         query = logn_scale(query, pos, int(base))
     if key.shape[2] == query.shape[2]:
-        seg = None if pos is None else segment_ids_from_positions(pos, mesh, query.shape[0])
-        out = sp_attention(query, key, value, mesh, seg, scaling)
+        out = sp_attention(query, key, value, mesh, step_plan(query, pos, mesh), scaling, backend=backend)
     else:
         out = _decode_attention(query, key, value, scaling)
     return out.transpose(1, 2).contiguous(), None
@@ -91,11 +122,16 @@ def _llm(model):
     return model.language_model if hasattr(model, "language_model") else model
 
 
-def apply_sequence_parallel(model, mesh: SPMesh | None = None):
+def apply_sequence_parallel(model, mesh: SPMesh | None = None, attn_backend: str | None = None):
     """Make a HF causal LM (or a VLM with ``.language_model``) use sequence-parallel attention on ``mesh``
-    (default: one rank). Validates the head counts against the Ulysses degree. Returns the model."""
+    (default: one rank) with the block kernels of ``attn_backend`` (``backends.BACKENDS``; None keeps the
+    model's current choice, else ``auto``). Validates the head counts against the Ulysses degree and the
+    backend's packages. Returns the model."""
     mesh = mesh or SPMesh.single()
     llm = _llm(model)
+    if attn_backend is None:
+        attn_backend = getattr(llm, _BACKEND_ATTR, "auto")
+    check_choice(attn_backend)
     cfg = llm.config
     mesh.dims.validate_heads(cfg.num_attention_heads, getattr(cfg, "num_key_value_heads", None))
     register()
@@ -103,6 +139,7 @@ def apply_sequence_parallel(model, mesh: SPMesh | None = None):
     for m in llm.modules():
         if hasattr(m, "layer_idx") or m is llm:
             setattr(m, _MESH_ATTR, mesh)
+            setattr(m, _BACKEND_ATTR, attn_backend)
     return model
 
 
@@ -111,6 +148,8 @@ def remove_sequence_parallel(model, attn_implementation: str = "sdpa"):
     llm = _llm(model)
     llm.set_attn_implementation(attn_implementation)
     for m in llm.modules():
-        if hasattr(m, _MESH_ATTR):
-            delattr(m, _MESH_ATTR)
+        for attr in (_MESH_ATTR, _BACKEND_ATTR):
+            if hasattr(m, attr):
+                delattr(m, attr)
+    _PLAN_CACHE.clear()
     return model

@@ -19,24 +19,21 @@ Design choices:
   block) fall back to a float block mask (same-sample AND causal); the flash op reports lse = 0 for a fully
   masked row, which is set to -inf.
 - The merge keeps the running output and LSE in fp32 whatever the input dtype.
+- Device-generic: the dense kernels come from ``backends.py`` (PyTorch's CPU or CUDA ops, flash-attn), and
+  every tensor made here is made on the device of the inputs.
+- Plans are made on the host once per step: ``plan_block`` reads a CPU copy of the segment ids and returns
+  a ``BlockPlan`` (plain, split into per-sample sub-blocks, or masked); the ring computes one per step of
+  its schedule before the first block (``ring_core.ring_plans``) and reuses them in backward, so no block
+  of the hot path reads device values (no ``.tolist()``/``.item()`` per block).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-_fwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-_bwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
-
-
-def _expand_kv(k: torch.Tensor, heads: int) -> torch.Tensor:
-    g = heads // k.shape[1]
-    return k if g == 1 else k.repeat_interleave(g, dim=1)
-
-
-def _reduce_kv_grad(dk: torch.Tensor, kv_heads: int) -> torch.Tensor:
-    b, h, s, d = dk.shape
-    return dk if h == kv_heads else dk.view(b, kv_heads, h // kv_heads, s, d).sum(2)
+from .backends import Kernel, resolve
 
 
 def _packed(q_seg: torch.Tensor | None, k_seg: torch.Tensor | None) -> bool:
@@ -56,16 +53,21 @@ def block_mask(
     """
     if not _packed(q_seg, k_seg):
         return None, None
+    return _mask_of(q_seg, k_seg, causal, dtype)
+
+
+def _mask_of(q_seg: torch.Tensor, k_seg: torch.Tensor, causal: bool, dtype: torch.dtype):
+    """``block_mask`` of a block known to be packed: built on the segs' device, reading no value."""
     allowed = q_seg[:, :, None] == k_seg[:, None, :]
     if causal:
         sq, sk = allowed.shape[1:]
-        allowed = allowed & torch.ones(sq, sk, dtype=torch.bool).tril()
-    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, float("-inf"))
+        allowed = allowed & torch.ones(sq, sk, dtype=torch.bool, device=allowed.device).tril()
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
     return mask.unsqueeze(1), (~allowed.any(-1)).unsqueeze(1)
 
 
 def segment_runs(seg: torch.Tensor) -> list[tuple[int, int, int]]:
-    """seg (S,) -> [(id, start, end), ...]: maximal runs of equal ids in order."""
+    """seg (S,) on the host -> [(id, start, end), ...]: maximal runs of equal ids in order."""
     change = torch.ones(seg.shape[0], dtype=torch.bool)
     change[1:] = seg[1:] != seg[:-1]
     starts = change.nonzero().flatten().tolist()
@@ -125,60 +127,76 @@ def batch_plans(q_seg: torch.Tensor | None, k_seg: torch.Tensor | None, causal: 
     return None if any(p is None for _, p in plans) else plans
 
 
+PLAIN, SPLIT, MASK = "plain", "split", "mask"
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """How one (q block, kv block) pair is computed, decided on the host: ``plain`` (one sample: the kernel's
+    own causal flag), ``split`` (``parts`` = (rows, Plan) pairs, see ``batch_plans``) or ``mask`` (the float
+    block mask, built on the device from the device segment ids)."""
+
+    kind: str
+    parts: tuple[tuple[slice, Plan], ...] = ()
+
+
+BLOCK_PLAIN = BlockPlan(PLAIN)
+
+
+def plan_block(q_seg: torch.Tensor | None, k_seg: torch.Tensor | None, causal: bool) -> BlockPlan:
+    """Host segment ids (B, Sq) / (B, Sk) (or None: one sample) -> the block's ``BlockPlan``."""
+    if not _packed(q_seg, k_seg):
+        return BLOCK_PLAIN
+    plans = batch_plans(q_seg, k_seg, causal)
+    return BlockPlan(MASK) if plans is None else BlockPlan(SPLIT, tuple(plans))
+
+
+def _plan_of(plan: BlockPlan | None, q_seg, k_seg, causal) -> BlockPlan:
+    if plan is not None:
+        return plan
+    if q_seg is None or k_seg is None:
+        return BLOCK_PLAIN
+    return plan_block(q_seg.cpu(), k_seg.cpu(), causal)  # a direct call: plan now (one host copy)
+
+
 def block_forward(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float | None = None,
     q_seg: torch.Tensor | None = None, k_seg: torch.Tensor | None = None,
+    plan: BlockPlan | None = None, kernel: Kernel | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """q (B, H, Sq, D), k/v (B, Hkv, Sk, D), segs (B, Sq)/(B, Sk) -> out (B, H, Sq, D) in q's dtype,
-    lse (B, H, Sq) fp32. ``causal`` aligns top-left (used with Sq == Sk)."""
-    h = q.shape[1]
-    plans = batch_plans(q_seg, k_seg, causal)
-    if plans is not None:
-        k, v = _expand_kv(k, h), _expand_kv(v, h)
-        out = torch.zeros_like(q)
-        lse = torch.full(q.shape[:3], float("-inf"), dtype=torch.float32)
-        for r, plan in plans:
-            for qa, qb, ka, kb, c in plan:
-                o, l_ = _fwd(q[r, :, qa:qb], k[r, :, ka:kb], v[r, :, ka:kb], 0.0, c, scale=scale)
-                out[r, :, qa:qb], lse[r, :, qa:qb] = o, l_.float()
-        return out, lse
-    mask, empty = block_mask(q_seg, k_seg, causal, q.dtype)
-    out, lse = _fwd(
-        q, _expand_kv(k, h), _expand_kv(v, h), 0.0, causal and mask is None, attn_mask=mask, scale=scale
-    )
-    lse = lse.float()
-    if empty is not None:
-        lse = lse.masked_fill(empty, float("-inf"))
-    return out, lse
+    lse (B, H, Sq) fp32. ``causal`` aligns top-left (used with Sq == Sk). ``plan`` (from ``plan_block``)
+    skips the planning; the segs are then read only by a ``mask`` plan. ``kernel`` defaults to
+    ``backends.resolve("auto", ...)`` for q."""
+    kernel = kernel or resolve("auto", q.device, q.dtype, q.shape[-1])
+    plan = _plan_of(plan, q_seg, k_seg, causal)
+    if plan.kind == SPLIT:
+        return kernel.split_forward(q, k, v, plan.parts, scale)
+    if plan.kind == MASK:
+        mask, empty = _mask_of(q_seg, k_seg, causal, q.dtype)
+        out, lse = kernel.masked_forward(q, k, v, mask, scale)
+        return out, lse.float().masked_fill(empty, float("-inf"))
+    out, lse = kernel.forward(q, k, v, causal, scale)
+    return out, lse.float()
 
 
 def block_backward(
     dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
     lse: torch.Tensor, causal: bool, scale: float | None = None,
     q_seg: torch.Tensor | None = None, k_seg: torch.Tensor | None = None,
+    plan: BlockPlan | None = None, kernel: Kernel | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of one block given the final ``out`` (B, H, Sq, D) and ``lse`` (B, H, Sq):
-    -> dq (B, H, Sq, D), dk, dv (B, Hkv, Sk, D)."""
-    h, hkv = q.shape[1], k.shape[1]
-    plans = batch_plans(q_seg, k_seg, causal)
-    if plans is not None:
-        ke, ve = _expand_kv(k, h), _expand_kv(v, h)
-        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(ke), torch.zeros_like(ve)
-        dout, out, lse = dout.contiguous(), out.contiguous(), lse.contiguous()
-        for r, plan in plans:
-            for qa, qb, ka, kb, c in plan:
-                gq, gk, gv = _bwd(dout[r, :, qa:qb], q[r, :, qa:qb], ke[r, :, ka:kb], ve[r, :, ka:kb],
-                                  out[r, :, qa:qb], lse[r, :, qa:qb], 0.0, c, scale=scale)
-                dq[r, :, qa:qb] += gq
-                dk[r, :, ka:kb] += gk
-                dv[r, :, ka:kb] += gv
-        return dq, _reduce_kv_grad(dk, hkv), _reduce_kv_grad(dv, hkv)
-    mask, _ = block_mask(q_seg, k_seg, causal, q.dtype)
-    dq, dk, dv = _bwd(
-        dout.contiguous(), q, _expand_kv(k, h), _expand_kv(v, h), out.contiguous(), lse.contiguous(), 0.0,
-        causal and mask is None, attn_mask=mask, scale=scale,
-    )
-    return dq, _reduce_kv_grad(dk, hkv), _reduce_kv_grad(dv, hkv)
+    -> dq (B, H, Sq, D), dk, dv (B, Hkv, Sk, D). ``plan``/``kernel`` as in ``block_forward`` (the ring
+    passes the forward's plan again)."""
+    kernel = kernel or resolve("auto", q.device, q.dtype, q.shape[-1])
+    plan = _plan_of(plan, q_seg, k_seg, causal)
+    if plan.kind == SPLIT:
+        return kernel.split_backward(dout, q, k, v, out, lse, plan.parts, scale)
+    if plan.kind == MASK:
+        mask, _ = _mask_of(q_seg, k_seg, causal, q.dtype)
+        return kernel.masked_backward(dout, q, k, v, out, lse, mask, scale)
+    return kernel.backward(dout, q, k, v, out, lse, causal, scale)
 
 
 def merge(

@@ -17,6 +17,9 @@ NOTE: a data-parallel wrapper that *averages* gradients over all dp x sp ranks (
 the right result if the loss is multiplied by ``mesh.sp_size`` before backward.
 
 The model is used only through ``encode_frames``, ``merge_visual_tokens`` and ``language_model``.
+The attention plan of the step is made once, on the host, from the global position ids
+(``attention.plan_from_positions``); every layer's attention and its backward reuse it. The batch's
+tensors stay on their device (the rank's GPU once the trainer moved them); tensors made here follow them.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from .attention import plan_from_positions, use_plan
 from .comm import agree_shapes, all_gather_varlen
 from .mesh import SPMesh
 from .zigzag import pad_to, padded_length, zigzag_shard
@@ -64,7 +68,7 @@ def pad_positions(position_ids: torch.Tensor, length: int) -> torch.Tensor:
     extra = length - position_ids.shape[1]
     if extra <= 0:
         return position_ids
-    tail = position_ids[:, -1:] + 1 + torch.arange(extra, dtype=position_ids.dtype)
+    tail = position_ids[:, -1:] + 1 + torch.arange(extra, dtype=position_ids.dtype, device=position_ids.device)
     return torch.cat([position_ids, tail], dim=1)
 
 
@@ -76,7 +80,7 @@ def encode_frames_balanced(model, pixel_values: torch.Tensor, mesh: SPMesh) -> t
     if end > start:
         local = model.encode_frames(pixel_values[start:end])
     else:
-        dummy = torch.zeros((1, *pixel_values.shape[1:]), dtype=pixel_values.dtype)
+        dummy = pixel_values.new_zeros((1, *pixel_values.shape[1:]))
         local = model.encode_frames(dummy)[:0]
     return all_gather_varlen(local, mesh.sp_group, 0), end - start
 
@@ -94,12 +98,12 @@ def encode_frames_by_token(model, input_ids: torch.Tensor, pixel_values: torch.T
     if mine.numel():
         local = model.encode_frames(pixel_values[mine])
     else:
-        dummy = torch.zeros((1, *pixel_values.shape[1:]), dtype=pixel_values.dtype)
+        dummy = pixel_values.new_zeros((1, *pixel_values.shape[1:]))
         local = model.encode_frames(dummy)[:0]
     gathered = all_gather_varlen(local, mesh.sp_group, 0)
     order = torch.cat([(owner == q).nonzero().squeeze(-1) for q in range(parts)])
     inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(order.numel())
+    inverse[order] = torch.arange(order.numel(), device=order.device)
     return gathered.index_select(0, inverse), int(mine.numel())
 
 
@@ -116,7 +120,7 @@ def mmsp_forward(model, batch: dict, mesh: SPMesh | None = None, frame_sharding:
     b, length = input_ids.shape
     position_ids = batch.get("position_ids")
     if position_ids is None:
-        position_ids = torch.arange(length).expand(b, -1)
+        position_ids = torch.arange(length, device=input_ids.device).expand(b, -1)
     if position_ids.shape != input_ids.shape:
         raise ValueError(f"position_ids {tuple(position_ids.shape)} != input_ids {tuple(input_ids.shape)}")
     agree_shapes(input_ids, mesh.sp_group, "mmsp_forward(input_ids)")
@@ -143,9 +147,12 @@ def mmsp_forward(model, batch: dict, mesh: SPMesh | None = None, frame_sharding:
         weights = F.pad(weights[:, 1:].float(), (0, 1)).masked_fill(targets == IGNORE_INDEX, 0.0)
     total = padded_length(length, mesh)
     local_embeds = zigzag_shard(embeds, 1, mesh)
-    local_pos = zigzag_shard(pad_positions(position_ids, total), 1, mesh)
+    full_pos = pad_positions(position_ids, total)
+    local_pos = zigzag_shard(full_pos, 1, mesh)
     local_tgt = zigzag_shard(pad_to(targets, 1, total, IGNORE_INDEX), 1, mesh)
-    out = model.language_model(inputs_embeds=local_embeds, position_ids=local_pos, use_cache=False)
+    plan = plan_from_positions(full_pos, mesh, b)  # the step's attention plan, on the host, once
+    with use_plan(plan):
+        out = model.language_model(inputs_embeds=local_embeds, position_ids=local_pos, use_cache=False)
     logits = out.logits
     flat = logits.float().reshape(-1, logits.shape[-1])
     if weights is None:

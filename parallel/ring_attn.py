@@ -30,10 +30,10 @@ def zigzag_schedule(step: int, rank: int, n: int, s_local: int) -> Plan:
 
 def zigzag_ring_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group,
-    segment_ids: torch.Tensor | None = None, scale: float | None = None,
+    segment_ids: torch.Tensor | None = None, scale: float | None = None, plans=None, kernel=None,
 ) -> torch.Tensor:
     """Causal attention over a ring group on zigzag shards: q (B, H, S_local, D), k/v (B, Hkv, S_local, D),
-    segment_ids (B, S_local) -> (B, H, S_local, D)."""
+    segment_ids (B, S_local) -> (B, H, S_local, D). ``plans``/``kernel``: see ``ring_core.ring_attention``."""
     if group_size(group) > 1 and q.shape[2] % 2:
         raise ValueError(f"zigzag shards have an even local length, got {q.shape[2]}")
-    return ring_attention(q, k, v, group, zigzag_schedule, segment_ids, scale)
+    return ring_attention(q, k, v, group, zigzag_schedule, segment_ids, scale, plans, kernel)

@@ -22,8 +22,8 @@ def contiguous_schedule(step: int, rank: int, n: int, s_local: int) -> Plan:
 
 def basic_ring_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group,
-    segment_ids: torch.Tensor | None = None, scale: float | None = None,
+    segment_ids: torch.Tensor | None = None, scale: float | None = None, plans=None, kernel=None,
 ) -> torch.Tensor:
     """Causal attention over a ring group on contiguous shards: q (B, H, S_local, D), k/v (B, Hkv, S_local, D)
-    -> (B, H, S_local, D)."""
-    return ring_attention(q, k, v, group, contiguous_schedule, segment_ids, scale)
+    -> (B, H, S_local, D). ``plans``/``kernel``: see ``ring_core.ring_attention``."""
+    return ring_attention(q, k, v, group, contiguous_schedule, segment_ids, scale, plans, kernel)

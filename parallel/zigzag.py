@@ -7,7 +7,8 @@ back in order). SP rank ``p = ring_rank * U + ulysses_rank``.
 
 Lengths that do not divide by 2 x R x U are padded at the end (``pad_value``), never truncated;
 ``zigzag_unshard(..., length=L)`` strips the padding again. Padding at the end is harmless under causal
-attention: no real token attends to it, and its labels are ignored.
+attention: no real token attends to it, and its labels are ignored. Indices are computed on the host (they
+depend on the layout only) and moved to the tensor's device for the gather.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def zigzag_shard(x: torch.Tensor, dim: int, mesh: SPMesh, pad_value: float = 0) 
     """This rank's zigzag shard of the full sequence ``x`` along ``dim``: (..., S, ...) ->
     (..., S_pad / sp_size, ...). Differentiable (index_select)."""
     total = padded_length(x.shape[dim], mesh)
-    return pad_to(x, dim, total, pad_value).index_select(dim, zigzag_index(total, mesh))
+    return pad_to(x, dim, total, pad_value).index_select(dim, zigzag_index(total, mesh).to(x.device))
 
 
 def zigzag_unshard(x: torch.Tensor, dim: int, mesh: SPMesh, length: int | None = None) -> torch.Tensor:
@@ -66,5 +67,5 @@ def zigzag_unshard(x: torch.Tensor, dim: int, mesh: SPMesh, length: int | None =
     order = torch.cat([zigzag_index(total, mesh, p) for p in range(n)])
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(total)
-    out = full.index_select(dim, inverse)
+    out = full.index_select(dim, inverse.to(x.device))
     return out if length is None else out.narrow(dim, 0, length)

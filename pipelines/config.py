@@ -117,6 +117,8 @@ class ParallelCfg:
     zero_stage: int = 1  # DeepSpeed ZeRO stage 0-2
     bf16: bool = False  # DeepSpeed bf16 mixed precision (casts the whole module, frozen parts included)
     timeout_s: int = 600  # process-group timeout
+    attn_backend: str = "auto"  # block kernels: auto | torch | flash_attn | ring_flash_attn (parallel.backends)
+    torch_adam: bool = False  # PyTorch's AdamW on GPU too (DeepSpeed's fused Adam otherwise; CPU always torch)
 
 
 @dataclass(frozen=True)
@@ -431,6 +433,10 @@ def validate(cfg: StageConfig, world_size: int | None = None) -> None:
         raise ConfigError(f"schedule.kind={cfg.schedule.kind!r}: choose 'cosine' or 'constant'")
     if cfg.parallel.zero_stage not in (0, 1, 2):
         raise ConfigError(f"parallel.zero_stage={cfg.parallel.zero_stage}: supported stages are 0, 1, 2")
+    from longvila.parallel.backends import BACKENDS
+
+    if cfg.parallel.attn_backend not in BACKENDS:
+        raise ConfigError(f"parallel.attn_backend={cfg.parallel.attn_backend!r}: choose one of {list(BACKENDS)}")
     for name, v in (("schedule.grad_accum", cfg.schedule.grad_accum), ("parallel.sp_ulysses",
                     cfg.parallel.sp_ulysses), ("parallel.sp_ring", cfg.parallel.sp_ring),
                     ("checkpoint.every_steps", cfg.checkpoint.every_steps)):

@@ -2,11 +2,14 @@
 
 Design choices:
 - The process group is DeepSpeed's (``deepspeed.init_distributed``) with gloo on CPU and NCCL on GPU,
-  always with a timeout, so a lost rank ends the job instead of hanging it. A single process without
+  always with a timeout, so a lost rank ends the job instead of hanging it. Under NCCL each process first
+  selects its GPU (``LOCAL_RANK``), so the groups, the collectives' bookkeeping and the engine's model all
+  land on the rank's own device. A single process without
   torchrun gets a one-rank group on a free local port, so the same code path runs everywhere.
 - The DeepSpeed config is generated from the typed stage config and written beside the checkpoint
   (``ds_config.json``); at real scale it is the file to edit (ZeRO stage, bf16, offload).
-- Optimizer: AdamW. On GPU DeepSpeed's fused Adam; on CPU ``torch_adam`` (PyTorch's AdamW), which ZeRO
+- Optimizer: AdamW. On GPU DeepSpeed's fused Adam (``parallel.torch_adam`` keeps PyTorch's, e.g. to compare a
+  GPU run with a CPU one); on CPU ``torch_adam`` (PyTorch's AdamW), which ZeRO
   1/2 partitions across ranks like any other. With ``optim.vision_lr_scale`` != 1 the vision tower's
   parameters form a second group at ``lr * vision_lr_scale`` (the schedule scales both groups alike).
 - The learning-rate schedule is a plain ``LambdaLR`` (linear warmup, then cosine to ``min_lr_ratio`` or
@@ -45,6 +48,8 @@ def init_distributed(timeout_s: int = 600) -> tuple[int, int]:
             os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                               MASTER_PORT=str(_free_port()))
         backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":  # NOTE: before the group exists, so NCCL and every later tensor use this GPU
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         deepspeed.init_distributed(dist_backend=backend, timeout=datetime.timedelta(seconds=timeout_s),
                                    verbose=False)
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -63,7 +68,7 @@ def ds_config(cfg: StageConfig, micro_batch: int, world_size: int) -> dict[str, 
         "optimizer": {
             "type": "AdamW",
             "params": {"lr": o.lr, "betas": [o.beta1, o.beta2], "eps": o.eps, "weight_decay": o.weight_decay,
-                       "torch_adam": not torch.cuda.is_available()},
+                       "torch_adam": cfg.parallel.torch_adam or not torch.cuda.is_available()},
         },
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,

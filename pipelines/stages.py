@@ -11,6 +11,8 @@ Design choices:
   max_position_embeddings) into the LLM's config before loading, so the saved config carries it.
 - Tokens reported per step are counted once per SP group (by its sp_rank 0).
 - The held-out evaluation leaves sequence parallelism (a one-rank mesh) and splits questions over ranks.
+- ``parallel.attn_backend`` picks the block kernels of the SP attention (``longvila.parallel.backends``);
+  the engine puts the model on the rank's GPU and ``to_model_device`` every batch.
 """
 
 from __future__ import annotations
@@ -92,10 +94,12 @@ def make_mesh(cfg: StageConfig, world: int):
     return build_mesh(dims, timeout_s=cfg.parallel.timeout_s)
 
 
-def setup(model, ctx: Context) -> None:
+def setup(model, ctx: Context, attn_backend: str = "auto") -> None:
+    """Sequence-parallel attention on the stage's mesh with the configured block kernels
+    (``parallel.attn_backend``; a missing package is an error naming the alternative)."""
     from longvila.parallel.hf import apply_sequence_parallel
 
-    apply_sequence_parallel(model, ctx.mesh)
+    apply_sequence_parallel(model, ctx.mesh, attn_backend)
 
 
 def mmsp_loss(model, batch: dict, ctx: Context) -> tuple[torch.Tensor, int]:
@@ -162,7 +166,7 @@ def make_task(cfg: StageConfig, data_root: str | Path) -> Task:
         loss=mmsp_loss,
         save=save,
         evaluate=evaluate if cfg.eval.set else None,
-        setup=setup,
+        setup=lambda model, ctx: setup(model, ctx, cfg.parallel.attn_backend),
         make_mesh=make_mesh,
         info=info,
     )

@@ -88,9 +88,10 @@ class PairHeads(nn.Module):
 
     def embed_texts(self, captions: list[torch.Tensor]) -> torch.Tensor:
         """B token-id tensors -> unit vectors (B, dim)."""
-        flat = torch.cat(captions)
-        offsets = torch.tensor([0] + [len(c) for c in captions[:-1]]).cumsum(0)
-        pos = torch.cat([torch.arange(len(c)).clamp(max=self.MAX_POS - 1) for c in captions])
+        dev = self.log_t.device  # captions are token tensors on the host
+        flat = torch.cat(captions).to(dev)
+        offsets = torch.tensor([0] + [len(c) for c in captions[:-1]]).cumsum(0).to(dev)
+        pos = torch.cat([torch.arange(len(c)).clamp(max=self.MAX_POS - 1) for c in captions]).to(dev)
         bags = self.text_emb(flat, offsets) + self.text_pos(pos * self.vocab + flat, offsets)
         return F.normalize(self.text(bags), dim=-1)
 
@@ -98,7 +99,7 @@ class PairHeads(nn.Module):
 def sigmoid_loss(img: torch.Tensor, txt: torch.Tensor, log_t: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """SigLIP loss of img (B, D) and txt (B, D), pair i <-> i matching: -sum log sigmoid(z * logit) / B."""
     logits = img @ txt.T * log_t.exp() + bias
-    z = 2 * torch.eye(len(img), dtype=logits.dtype) - 1
+    z = 2 * torch.eye(len(img), dtype=logits.dtype, device=logits.device) - 1
     return -F.logsigmoid(z * logits).sum() / len(img)
 
 
@@ -126,7 +127,8 @@ def _with_fresh_cards(pix: torch.Tensor, caps: list[torch.Tensor], n: int, rng, 
         codes.append(code)
         if code not in captions:
             captions[code] = _card_caption(processor, code)
-    return torch.cat([pix, processor.preprocess_frames(np.stack(cards))]), caps + [captions[c] for c in codes]
+    fresh = processor.preprocess_frames(np.stack(cards)).to(pix.device)
+    return torch.cat([pix, fresh]), caps + [captions[c] for c in codes]
 
 
 def _card_caption(processor, code: str) -> torch.Tensor:
@@ -140,17 +142,23 @@ def _card_caption(processor, code: str) -> torch.Tensor:
 
 def pretrain_vision_tower(tower: nn.Module, vision_hidden: int, vocab: int, data_root: str | Path, processor,
                           cfg: VisionPretrainCfg, seed: int = 0) -> dict[str, Any]:
-    """Train ``tower`` ((N, 3, S, S) -> (N, P, vision_hidden)) in place; returns losses and held-out retrieval."""
+    """Train ``tower`` ((N, 3, S, S) -> (N, P, vision_hidden)) in place; returns losses and held-out retrieval.
+
+    Runs on the rank's GPU when there is one (the tower stays there; the engine then moves the whole model
+    to the same device), else on the CPU."""
     from longvila.utils import progress
 
+    dev = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    tower.to(dev)
     pix, caps = load_pairs(data_root, cfg.sets, processor)
+    pix = pix.to(dev)
     heldout = min(cfg.heldout, len(caps) // 2)
     train_pix, train_caps = pix[:-heldout], caps[:-heldout]
     test_pix, test_caps = pix[-heldout:], caps[-heldout:]
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        heads = PairHeads(vision_hidden, vocab, cfg.dim, patches=int(tower(pix[:1]).shape[1]))
+        heads = PairHeads(vision_hidden, vocab, cfg.dim, patches=int(tower(pix[:1]).shape[1])).to(dev)
     was_training = tower.training
     tower.train()
     params = [p for p in tower.parameters()] + list(heads.parameters())
@@ -163,7 +171,7 @@ def pretrain_vision_tower(tower: nn.Module, vision_hidden: int, vocab: int, data
     losses = []
     for _ in progress(range(cfg.steps), desc="vision pretraining", total=cfg.steps, unit="step"):
         idx = torch.randperm(len(train_caps), generator=gen)[:batch]
-        pix_b, caps_b = train_pix[idx], [train_caps[i] for i in idx]
+        pix_b, caps_b = train_pix[idx.to(dev)], [train_caps[i] for i in idx]
         if cfg.fresh_cards:
             pix_b, caps_b = _with_fresh_cards(pix_b, caps_b, cfg.fresh_cards, card_rng, processor, cfg.hand_frac,
                                               card_captions)
