@@ -36,7 +36,10 @@ Metric naming conventions the leaderboard tables understand (other names are sho
   ``data_bench``: decode_fps_decord, decode_fps_pyav, build_videos_per_s;
   ``training``: steps, tokens, time_s, loss_first, loss_last, qa_accuracy (one file per stage, e.g.
   ``training-stage1``; loss curve in ``details["loss"]`` as a list of losses, ``[[step, loss], ...]`` or
-  ``{"step": [...], "loss": [...]}``, drawn on one chart with the other stages).
+  ``{"step": [...], "loss": [...]}``, drawn on one chart with the other stages);
+  ``gpu_check`` (``make gpu-check``, GPU rows): exactness_checks, exactness_failures, gpus,
+  stage3_max_loss_diff, needle_accuracy, ``tokens_per_s_<gpus>gpu_<method>_<tokens>``; its section is
+  shown only once such a result exists.
 
 Design choices: validation is strict (required fields, types, finite numbers, known benchmarks, no unknown
 top-level fields) and every error names the file and the field, because a malformed result must stop the
@@ -67,7 +70,10 @@ BENCHMARKS: dict[str, str] = {
     "sp_bench": "MM-SP attention timings and speed-up ratios",
     "data_bench": "data pipeline throughput: decode fps (decord vs PyAV), build videos/s",
     "training": "one training stage: steps, tokens, time, loss first/last, held-out QA accuracy",
+    "gpu_check": "the GPU checks (make gpu-check): backend exactness, stage 3 on the GPU, throughput",
 }
+# Benchmarks whose leaderboard section appears only once a result exists (no empty section before).
+SHOWN_WHEN_MEASURED = ("gpu_check",)
 
 REQUIRED_FIELDS: dict[str, tuple[type, ...]] = {
     "schema": (int,),

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from longvila.leaderboards.results import BENCHMARKS, Result, is_fraction
+from longvila.leaderboards.results import BENCHMARKS, SHOWN_WHEN_MEASURED, Result, is_fraction
 
 DEFAULT_QUOTED = Path(__file__).resolve().parent / "quoted.json"
 
@@ -30,8 +30,9 @@ TITLES = {
     "training": "Training stages",
     "sp_bench": "MM-SP attention benchmark",
     "data_bench": "Data pipeline benchmark",
+    "gpu_check": "GPU check",
 }
-ORDER = ["needle", "videomme", "training", "sp_bench", "data_bench"]
+ORDER = ["needle", "videomme", "training", "sp_bench", "data_bench"]  # then the rest of BENCHMARKS
 # Headline columns per benchmark: exact metric names, or regular expressions (compiled) matched in name order.
 HEADLINES: dict[str, list[str | re.Pattern]] = {
     "needle": ["accuracy", "control", "acc_read", "acc_if_read", "acc_ref_reader"],
@@ -41,6 +42,8 @@ HEADLINES: dict[str, list[str | re.Pattern]] = {
                  re.compile(r"^eff_.*fwdbwd$"), re.compile(r"^speedup_")],
     "data_bench": ["decode_fps_decord", "decode_fps_pyav", "build_videos_per_s",
                    re.compile(r"_decord_over_pyav$"), re.compile(r"speedup"), re.compile(r"^build_.*videos_per_s")],
+    "gpu_check": ["exactness_failures", "exactness_checks", "gpus", "stage3_max_loss_diff", "needle_accuracy",
+                  re.compile(r"^tokens_per_s_")],
 }
 # At most this many headline columns (pattern matches are taken largest numbers first: the biggest world and
 # the longest sequence); every metric is still listed under "All metrics".
@@ -49,6 +52,7 @@ MAX_HEADLINE_COLUMNS = 8
 SUMMARY_METRIC: dict[str, list[str]] = {
     "needle": ["accuracy"], "videomme": ["accuracy"], "training": ["qa_accuracy", "loss_last"],
     "sp_bench": ["speedup_zigzag_vs_basic_2r_16384_fwdbwd", "speedup_zigzag_vs_basic_2r_8192_fwdbwd"],
+    "gpu_check": ["exactness_failures"],
 }
 FRAME_METRIC_RE = re.compile(r"^(?P<metric>.+)@(?P<frames>\d+)$")
 QUOTED_FIELDS = ("benchmark", "claim", "figure", "value", "frames", "model", "source", "url")
@@ -282,6 +286,8 @@ def sections(results: list[Result], quoted: list[dict[str, Any]]) -> list[Sectio
         rs = sorted((r for r in results if r.benchmark == b), key=lambda r: r.name)
         rs.sort(key=lambda r: r.date, reverse=True)
         qs = [q for q in quoted if q["benchmark"] == b]
+        if b in SHOWN_WHEN_MEASURED and not rs and not qs:
+            continue
         plots = [Plot(f"{r.name}: {k}", f"assets/{p.name}", src=p) for r in rs for k, p in sorted(r.plots.items())]
         out.append(Section(
             benchmark=b, title=TITLES.get(b, b), description=BENCHMARKS[b],
