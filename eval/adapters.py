@@ -260,12 +260,12 @@ class LongVILAVideoLM(VideoLM):
         from longvila.parallel.inference import sp_score
 
         k, length = answers.shape[1], embeds.shape[1]
-        full = torch.full(embeds.shape[:2], -100, dtype=torch.long)
-        full[:, length - k - 1:length - 1] = answers  # target[t] = the token expected after position t
+        full = torch.full(embeds.shape[:2], -100, dtype=torch.long, device=embeds.device)
+        full[:, length - k - 1:length - 1] = answers.to(embeds.device)  # target[t] = the token after position t
         llm = self.lm.model.language_model
         with rope_for_length(llm, length):  # every rank: the same table for the whole length
             argmax = sp_score(llm, embeds, full, self.mesh)["argmax"]
-        return argmax[:, length - k - 1:length - 1]
+        return argmax[:, length - k - 1:length - 1].cpu()
 
     def generate(self, question, visual, max_new_tokens=8):
         vis = self._tokens(visual)
@@ -282,14 +282,16 @@ class LongVILAVideoLM(VideoLM):
 class HFVideoLM(VideoLM):
     """A Hugging Face video LLM (``AutoModelForImageTextToText`` + ``AutoProcessor``) at frame level."""
 
-    def __init__(self, ckpt: str | os.PathLike, model_type: str, dtype: torch.dtype = torch.float32):
+    def __init__(self, ckpt: str | os.PathLike, model_type: str, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str | None = None):
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         self.model_type = model_type
         self.ckpt = Path(ckpt)
         self.model_hash = runner.model_hash(self.ckpt)
         self.processor = AutoProcessor.from_pretrained(str(self.ckpt))
-        self.model = AutoModelForImageTextToText.from_pretrained(str(self.ckpt), dtype=dtype).eval()
+        self.device = torch.device(device) if device is not None else runner.eval_device()
+        self.model = AutoModelForImageTextToText.from_pretrained(str(self.ckpt), dtype=dtype).eval().to(self.device)
         if self.processor.chat_template is None and getattr(self.processor.tokenizer, "chat_template", None) is None:
             raise ValueError(f"{self.ckpt}: the processor has no chat template (chat_template.jinja)")
         self.input_size = _processor_input_size(self.processor)
@@ -358,7 +360,13 @@ class HFVideoLM(VideoLM):
             for key, tail in extend.items():
                 if key in inputs:
                     inputs[key] = torch.cat([inputs[key], tail.to(inputs[key].dtype)], dim=1)
-        return inputs
+        return self.to_device(inputs)
+
+    def to_device(self, inputs: dict) -> dict:
+        """Processor outputs on the model's device; pixel values in the model's dtype (ids and grids stay integers)."""
+        dtype = self.model.dtype
+        return {k: v.to(self.device, dtype if v.is_floating_point() else None) if isinstance(v, torch.Tensor) else v
+                for k, v in inputs.items()}
 
     @torch.inference_mode()
     def logits(self, question: str, frames: np.ndarray | None, answer: list[int] | None = None,
@@ -369,7 +377,7 @@ class HFVideoLM(VideoLM):
     def teacher_forced(self, question, rows, answers, shared_frames=None):
         k = answers.shape[1]
         out = [self.logits(question, v, answers[b].tolist(), keep=k + 1)[0, :k].argmax(-1) for b, v in enumerate(rows)]
-        return torch.stack(out)
+        return torch.stack(out).cpu()
 
     @torch.inference_mode()
     def generate(self, question, visual, max_new_tokens=8):
@@ -378,7 +386,7 @@ class HFVideoLM(VideoLM):
         out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos,
                                   pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
                                   else (eos[0] if eos else None))
-        return self.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+        return self.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:].tolist(), skip_special_tokens=True).strip()
 
     def option_logprobs(self, question, visual, options):
         if not options or any(len(o) == 0 for o in options):
@@ -386,7 +394,7 @@ class HFVideoLM(VideoLM):
         out = []
         for o in options:  # logits at the positions predicting each option token
             logp = torch.log_softmax(self.logits(question, visual, o, keep=len(o) + 1)[0, :len(o)].double(), -1)
-            out.append(float(logp.gather(-1, torch.tensor(o)[:, None]).sum()))
+            out.append(float(logp.gather(-1, torch.tensor(o, device=logp.device)[:, None]).sum()))
         return out
 
 

@@ -12,6 +12,9 @@ Design choices:
   generation reproduces the answer", at the cost of one forward pass for a whole batch of needles.
 - Every LLM call runs inside ``model.rope.rope_for_length`` with the whole length it computes, so an input
   longer than the model trained on gets dynamic-YaRN RoPE (a no-op within the trained length).
+- Device-generic: the model sits on ``eval_device()`` (the rank's GPU under torchrun, ``cuda`` when one is
+  present, else the CPU); every tensor made here is made on the device of what it meets, and what leaves
+  (cached embeddings, predicted ids, scores) comes back to the CPU.
 - Only the last few positions go through the LM head (``logits_to_keep``): a 6,000-token prompt then costs
   a (B, k, vocab) logits tensor, not (B, 6000, vocab). Rows that share a prefix (the haystack before a
   needle, or the whole prompt of a no-needle control) run that prefix once and share its key/value cache.
@@ -62,8 +65,21 @@ def model_hash(ckpt: str | os.PathLike) -> str:
     return h.hexdigest()[:16]
 
 
-def load_model(ckpt: str | os.PathLike, dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Load a ``save_pretrained`` LongVILA checkpoint (model + processor) for inference."""
+def eval_device() -> torch.device:
+    """Where evaluations put a model: ``cuda:$LOCAL_RANK`` when CUDA is available, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def device_of(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def load_model(ckpt: str | os.PathLike, dtype: torch.dtype = torch.float32,
+               device: torch.device | str | None = None) -> LoadedModel:
+    """Load a ``save_pretrained`` LongVILA checkpoint (model + processor) for inference on ``device``
+    (default ``eval_device()``)."""
     from longvila.model import LongVILAForCausalLM, LongVILAProcessor
     from longvila.parallel.hf import LOGN_KEY, apply_sequence_parallel
 
@@ -71,7 +87,7 @@ def load_model(ckpt: str | os.PathLike, dtype: torch.dtype = torch.float32) -> L
     if not (ckpt / "config.json").is_file():
         raise FileNotFoundError(f"{ckpt}: not a checkpoint folder (no config.json)")
     digest = model_hash(ckpt)
-    model = LongVILAForCausalLM.from_pretrained(ckpt, dtype=dtype).eval()
+    model = LongVILAForCausalLM.from_pretrained(ckpt, dtype=dtype).eval().to(device or eval_device())
     if getattr(model.config.text_config, LOGN_KEY, 0):  # log-n scaling lives in the project's attention
         apply_sequence_parallel(model)
     processor = LongVILAProcessor.from_pretrained(ckpt)
@@ -89,8 +105,10 @@ def encode_frames(lm: LoadedModel, frames: np.ndarray, batch: int = 256,
     chunks = range(0, len(frames), batch)
     if desc:
         chunks = progress(chunks, desc=desc, total=len(chunks), unit="batch")
-    out = [lm.model.encode_frames(lm.processor.preprocess_frames(frames[i:i + batch])) for i in chunks]
-    return torch.cat(out).float()
+    dev = device_of(lm.model)
+    out = [lm.model.encode_frames(lm.processor.preprocess_frames(frames[i:i + batch]).to(dev)).float().cpu()
+           for i in chunks]
+    return torch.cat(out)
 
 
 def cached_embeddings(lm: LoadedModel, cache_dir: str | os.PathLike, video_key: str, num_frames: int,
@@ -136,10 +154,11 @@ def answer_ids(lm: LoadedModel, answer: str) -> list[int]:
 
 @torch.inference_mode()
 def embed(lm: LoadedModel, input_ids: torch.Tensor, visual: torch.Tensor | None) -> torch.Tensor:
-    """input_ids (B, L) + visual tokens (N, T, D) for all rows -> inputs_embeds (B, L, D)."""
+    """input_ids (B, L) + visual tokens (N, T, D) for all rows -> inputs_embeds (B, L, D) on the model's device."""
+    dev = device_of(lm.model)
     if visual is None:
-        return lm.model.language_model.get_input_embeddings()(input_ids)
-    return lm.model.merge_visual_tokens(input_ids, visual.to(lm.model.dtype))
+        return lm.model.language_model.get_input_embeddings()(input_ids.to(dev))
+    return lm.model.merge_visual_tokens(input_ids.to(dev), visual.to(dev, lm.model.dtype))
 
 
 @torch.inference_mode()
@@ -149,7 +168,7 @@ def teacher_forced_argmax(lm: LoadedModel, inputs_embeds: torch.Tensor, k: int) 
     llm = lm.model.language_model
     with rope_for_length(llm, inputs_embeds.shape[1]):
         out = llm(inputs_embeds=inputs_embeds, logits_to_keep=k + 1, use_cache=False)
-    return out.logits[:, :k].argmax(-1)
+    return out.logits[:, :k].argmax(-1).cpu()
 
 
 def _after_prefix(llm, prefix: torch.Tensor, suffixes: torch.Tensor, logits_to_keep: int = 0):
@@ -162,7 +181,7 @@ def _after_prefix(llm, prefix: torch.Tensor, suffixes: torch.Tensor, logits_to_k
     cache = output_cache(first)
     cache.batch_repeat_interleave(suffixes.shape[0])
     p = prefix.shape[1]
-    pos = torch.arange(p, p + suffixes.shape[1]).expand(suffixes.shape[0], -1)
+    pos = torch.arange(p, p + suffixes.shape[1], device=suffixes.device).expand(suffixes.shape[0], -1)
     out = llm(inputs_embeds=suffixes, position_ids=pos, use_cache=True, **cache_kwargs(llm, cache),
               logits_to_keep=logits_to_keep)
     return first.logits[:, -1:], out
@@ -184,7 +203,7 @@ def teacher_forced_argmax_shared(lm: LoadedModel, prefix: torch.Tensor, suffixes
     llm = lm.model.language_model
     with rope_for_length(llm, prefix.shape[1] + suffixes.shape[1]):
         _, out = _after_prefix(llm, prefix, suffixes, logits_to_keep=k + 1)
-    return out.logits[:, :k].argmax(-1)
+    return out.logits[:, :k].argmax(-1).cpu()
 
 
 @torch.inference_mode()
@@ -204,29 +223,29 @@ def option_logprobs(lm: LoadedModel, prefix: torch.Tensor, options: list[list[in
     llm = lm.model.language_model
     width = max(map(len, options))
     pad = lm.eos_ids[-1] if lm.eos_ids else 0
-    ids = torch.tensor([o + [pad] * (width - len(o)) for o in options], dtype=torch.long)
+    ids = torch.tensor([o + [pad] * (width - len(o)) for o in options], dtype=torch.long, device=prefix.device)
     with rope_for_length(llm, prefix.shape[1] + width):
         first, out = _after_prefix(llm, prefix, llm.get_input_embeddings()(ids).to(prefix.dtype))
     # position 0 of every option is predicted by the prompt's last position, token j by option position j-1
     logits = torch.cat([first.expand(len(options), -1, -1), out.logits[:, :-1]], 1)
     logp = torch.log_softmax(logits.double(), -1)
     lp = logp.gather(-1, ids[..., None])[..., 0]
-    mask = torch.tensor([[j < len(o) for j in range(width)] for o in options])
+    mask = torch.tensor([[j < len(o) for j in range(width)] for o in options], device=prefix.device)
     total = (lp * mask).sum(-1)
     if not return_greedy:
-        return total
-    return total, ((logp.argmax(-1) == ids) | ~mask).all(-1)
+        return total.cpu()
+    return total.cpu(), ((logp.argmax(-1) == ids) | ~mask).all(-1).cpu()
 
 
 def teacher_forced_correct(lm: LoadedModel, inputs_embeds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Exact match by teacher forcing: inputs_embeds (B, L, D) ending with the answers targets (B, k) -> bool (B,)."""
-    return (teacher_forced_argmax(lm, inputs_embeds, targets.shape[1]) == targets).all(-1)
+    return (teacher_forced_argmax(lm, inputs_embeds, targets.shape[1]) == targets.cpu()).all(-1)
 
 
 @torch.inference_mode()
 def generate(lm: LoadedModel, inputs_embeds: torch.Tensor, max_new_tokens: int = 8) -> str:
     """Greedy continuation of one prompt, inputs_embeds (1, L, D) -> decoded text (special tokens removed)."""
-    mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long)
+    mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
     llm = lm.model.language_model
     with rope_for_length(llm, inputs_embeds.shape[1] + max_new_tokens):
         out = llm.generate(
