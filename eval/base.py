@@ -54,6 +54,48 @@ def _load_builtin() -> None:
     from longvila.eval import needle, videomme  # noqa: F401 - importing registers them
 
 
+TABLE_SUFFIXES = (".parquet", ".json", ".jsonl", ".csv")
+
+
+def read_rows(path, what: str = "table") -> list[dict]:
+    """The rows of a table file (parquet, JSON list, JSONL or CSV, by suffix): a non-empty list of objects.
+
+    Any fault is a ValueError naming the file (``what``: "question table", "needle table") and, for a row
+    that is not an object, the row."""
+    import json
+    from pathlib import Path
+
+    from longvila.utils import read_json
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            import pandas as pd
+
+            rows = pd.read_parquet(path).to_dict("records")
+        elif suffix == ".csv":
+            import pandas as pd
+
+            rows = pd.read_csv(path, dtype=str, keep_default_na=False).to_dict("records")
+        elif suffix == ".jsonl":
+            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        elif suffix == ".json":
+            rows = read_json(path)
+        else:
+            raise ValueError(f"{path}: unknown table format (expected one of {', '.join(TABLE_SUFFIXES)})")
+    except (ValueError, OSError) as e:
+        raise ValueError(f"{path}: cannot read the {what} ({e})") from None
+    except Exception as e:  # noqa: BLE001 - pandas/pyarrow parse errors
+        raise ValueError(f"{path}: cannot read the {what} ({type(e).__name__}: {e})") from None
+    if not isinstance(rows, list) or not rows:
+        raise ValueError(f"{path}: the {what} must be a non-empty list of rows")
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict):
+            raise ValueError(f"{path} row {i}: a row must be an object, got {type(r).__name__}")
+    return rows
+
+
 def accuracy(correct: int, total: int) -> float:
     """correct / total, and 0.0 for an empty set (reported with its count, so never mistaken)."""
     return correct / total if total else 0.0

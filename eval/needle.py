@@ -215,24 +215,10 @@ def load_needle_set(root: str | os.PathLike) -> list[Needle]:
     if not tables:
         raise FileNotFoundError(f"{root}: no needle table ({', '.join(NEEDLE_SET_TABLES)})")
     table = tables[0]
-    try:
-        if table.suffix == ".parquet":
-            import pandas as pd
-
-            rows = pd.read_parquet(table).to_dict("records")
-        elif table.suffix == ".jsonl":
-            rows = [json.loads(line) for line in table.read_text(encoding="utf-8").splitlines() if line.strip()]
-        else:
-            rows = read_json(table)
-    except Exception as e:  # noqa: BLE001 - any parse error, named with the file
-        raise ValueError(f"{table}: cannot read the needle table ({type(e).__name__}: {e})") from None
-    if not isinstance(rows, list) or not rows:
-        raise ValueError(f"{table}: the needle table must be a non-empty list of rows")
+    rows = base.read_rows(table, "needle table")
     out = []
     for i, r in enumerate(rows):
         where = f"{table} row {i}"
-        if not isinstance(r, dict):
-            raise ValueError(f"{where}: a row must be an object")
         for f in ("image", "question", "answer"):
             if f not in r or r[f] is None or (isinstance(r[f], str) and not r[f].strip()):
                 raise ValueError(f"{where}: missing field {f!r}")

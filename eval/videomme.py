@@ -47,7 +47,7 @@ from longvila.utils import atomic_write_bytes, atomic_write_json, progress, read
 FIELDS = ("video_id", "duration", "domain", "sub_category", "videoID", "question_id", "task_type", "question",
           "options", "answer")
 DURATIONS = ("short", "medium", "long")
-TABLE_SUFFIXES = (".parquet", ".json", ".jsonl", ".csv")
+TABLE_SUFFIXES = base.TABLE_SUFFIXES
 
 
 # --------------------------------------------------------------------------------------------- videos
@@ -99,33 +99,10 @@ def load_table(path: str | os.PathLike) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: question table not found")
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".parquet":
-            import pandas as pd
-
-            rows = pd.read_parquet(path).to_dict("records")
-        elif suffix == ".csv":
-            import pandas as pd
-
-            rows = pd.read_csv(path, dtype=str, keep_default_na=False).to_dict("records")
-        elif suffix == ".jsonl":
-            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        elif suffix == ".json":
-            rows = read_json(path)
-        else:
-            raise ValueError(f"{path}: unknown table format (expected one of {', '.join(TABLE_SUFFIXES)})")
-    except (ValueError, OSError) as e:
-        raise ValueError(f"{path}: cannot read the question table ({e})") from None
-    except Exception as e:  # noqa: BLE001 - pandas/pyarrow parse errors
-        raise ValueError(f"{path}: cannot read the question table ({type(e).__name__}: {e})") from None
-    if not isinstance(rows, list) or not rows:
-        raise ValueError(f"{path}: the question table must be a non-empty list of rows")
+    rows = base.read_rows(path, "question table")
     out = []
     for i, r in enumerate(rows):
         where = f"{path} row {i}"
-        if not isinstance(r, dict):
-            raise ValueError(f"{where}: a row must be an object, got {type(r).__name__}")
         missing = [f for f in FIELDS if f not in r]
         if missing:
             raise ValueError(f"{where}: missing field {missing[0]!r}")
