@@ -59,11 +59,14 @@ class ModelCfg:
 
 @dataclass(frozen=True)
 class Phase:
-    """One phase of a length curriculum: ``steps`` optimizer steps at ``frames`` frames, ``batch`` samples."""
+    """One phase of a length curriculum: ``steps`` optimizer steps at ``frames`` frames, ``batch`` samples;
+    ``pointer`` of each micro-batch are text pointer questions (``datasource.pointer_sample``: which option is
+    W? answered with its letter), the letter binding of the multiple-choice protocol taught on its own."""
 
     frames: int
     batch: int
     steps: int
+    pointer: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,9 @@ class DataCfg:
     # share of each micro-batch made of text multiple-choice samples (a written description, then a four-option
     # question answered with the letter): they teach the answer format apart from perception
     mc_text_frac: float = 0.0
+    # pointer questions (a curriculum phase's ``pointer`` share): this share of them has the sets' option texts as
+    # options ("a small red circle", "top left", "471"), the rest single words (colours, shapes, numbers)
+    pointer_text_frac: float = 0.0
     workers: int = 0  # loader worker processes
 
 
@@ -132,6 +138,7 @@ class EvalCfg:
     set: str = ""  # held-out short-video QA set evaluated after the stage ("" = none)
     frames: int = 8
     limit: int = 0  # questions evaluated (0 = all)
+    pointer: int = 512  # held-out text pointer questions per level (single words, the set's option texts); 0 = none
 
 
 @dataclass(frozen=True)
@@ -324,6 +331,10 @@ def stage5() -> StageConfig:
             # short phase below, and the "778" -> "777" slips (the next cell guessed from the digits written) gone
             cards=6,
             code_repeat_frac=0.5,
+            # half of the needles and fresh cards asked in the four-option form, answered with the letter: the
+            # letter binding on code cards is learnt from concentrated multiple choice (78% after 800 pure
+            # multiple-choice steps), not from a small share (docs/recipe.md#letters)
+            needle_mc_frac=0.5,
             max_turns=2,
             curriculum=(
                 Phase(frames=32, batch=16, steps=300),
@@ -369,11 +380,15 @@ def _special(value: str, tp: typing.Any, key: str) -> typing.Any:
     if args and args[0] is Phase:
         phases = []
         for p in parts:
+            xs = p.split(":")
             try:
-                f, b, n = (int(x) for x in p.split(":"))
+                if len(xs) not in (3, 4):
+                    raise ValueError
+                f, b, n = (int(x) for x in xs[:3])
+                ptr = float(xs[3]) if len(xs) == 4 else 0.0
             except ValueError:
-                raise ConfigError(f"{key}: phase {p!r} is not frames:batch:steps") from None
-            phases.append(Phase(f, b, n))
+                raise ConfigError(f"{key}: phase {p!r} is not frames:batch:steps[:pointer]") from None
+            phases.append(Phase(f, b, n, ptr))
         return tuple(phases)
     if args and typing.get_origin(args[0]) is tuple:  # rope_schedule rows "length:theta"
         try:
@@ -444,6 +459,10 @@ def validate(cfg: StageConfig, world_size: int | None = None) -> None:
             raise ConfigError(f"{name}={v} must be >= 1")
     if cfg.total_steps < 1:
         raise ConfigError("schedule.steps (or the curriculum) must give at least one step")
+    for i, ph in enumerate(cfg.data.curriculum):
+        if ph.frames < 0 or ph.batch < 1 or ph.steps < 0 or not 0.0 <= ph.pointer <= 1.0:
+            raise ConfigError(f"data.curriculum[{i}]={ph}: needs frames >= 0, batch >= 1, steps >= 0 and "
+                              "pointer in [0, 1]")
     if cfg.optim.lr <= 0:
         raise ConfigError(f"optim.lr={cfg.optim.lr} must be > 0")
     if cfg.optim.vision_lr_scale <= 0:
@@ -453,7 +472,7 @@ def validate(cfg: StageConfig, world_size: int | None = None) -> None:
     if cfg.data.cards < 0:
         raise ConfigError(f"data.cards={cfg.data.cards} must be >= 0")
     for name, v in (("data.needle_frac", cfg.data.needle_frac), ("data.needle_mc_frac", cfg.data.needle_mc_frac),
-                    ("data.mc_text_frac", cfg.data.mc_text_frac),
+                    ("data.mc_text_frac", cfg.data.mc_text_frac), ("data.pointer_text_frac", cfg.data.pointer_text_frac),
                     ("data.code_repeat_frac", cfg.data.code_repeat_frac),
                     ("data.needle_hand_frac", cfg.data.needle_hand_frac)):
         if not 0.0 <= v <= 1.0:

@@ -266,6 +266,58 @@ def mc_text_sample(pool: tuple[dict[str, Any], ...], rng: np.random.Generator, p
             "id": f"mc-text-{rec.get('id')}-{j}", "truncated": False}
 
 
+POINTER_QUESTION = "Which option is {}?"
+
+
+@functools.lru_cache(maxsize=1)
+def pointer_words() -> tuple[str, ...]:
+    """The single words pointer questions choose among at their first level: the world's colours, shapes and
+    number words (39; plain words, so any tokenizer encodes them)."""
+    from longvila.data.vocab import COLORS, NUMBER_WORDS, SHAPES
+
+    return tuple(dict.fromkeys([*COLORS, *SHAPES, *NUMBER_WORDS]))
+
+
+def option_texts(pool: tuple[dict[str, Any], ...]) -> tuple[str, ...]:
+    """The distinct option texts of the pool's four-option questions (the answers videos are asked about:
+    "a small red circle", "top left", "471", ...), sorted; pointer questions over real option texts."""
+    from longvila.eval.prompts import option_text
+
+    out = set()
+    for s in pool:
+        for qa in s["json"].get("qa") or []:
+            out.update(option_text(o) for o in qa.get("options") or [])
+    return tuple(sorted(t for t in out if t))
+
+
+def pointer_sample(rng: np.random.Generator, processor, texts: tuple[str, ...], header: bool = True) -> dict[str, Any]:
+    """A text pointer question in the VideoMME prompt: four options drawn from ``texts``, "Which option is W?"
+    for one of them, answered with its letter; the loss falls on the letter alone (the end-of-turn token is not
+    a label). It teaches the letter binding of the multiple-choice protocol (find the option that says W,
+    answer the letter written before it) on its own, apart from perception; plain text, so it carries to any
+    tokenizer and LLM. ``header=False`` leaves out the VideoMME instruction line (half the tokens: the cheap
+    first level of the curriculum). Returns what ``encode_sample`` returns (no frames)."""
+    from longvila.data import questions as Q
+
+    if len(texts) < 4:
+        raise ValueError(f"pointer questions need at least 4 option texts, got {len(texts)}")
+    opts = [texts[i] for i in rng.choice(len(texts), 4, replace=False)]
+    k = int(rng.integers(4))
+    options = [f"{Q.LETTERS[i]}. {o}" for i, o in enumerate(opts)]
+    prompt = Q.mc_prompt(POINTER_QUESTION.format(opts[k]), options)
+    if not header:
+        prompt = prompt.removeprefix(Q.MC_HEADER + "\n")
+    conv = [{"from": "human", "value": prompt},
+            {"from": "gpt", "value": Q.LETTERS[k]}]
+    enc = processor.encode_conversation(conv, [])
+    labels = enc["labels"].clone()
+    from longvila.model.tokenizer import IM_END
+
+    labels[labels == processor.tokenizer.convert_tokens_to_ids(IM_END)] = -100
+    return {"input_ids": enc["input_ids"], "labels": labels, "pixel_values": None, "num_frames": [],
+            "id": f"pointer-{Q.LETTERS[k]}-{opts[k]}", "truncated": False}
+
+
 def mc_candidates(pool: tuple[dict[str, Any], ...]) -> tuple[tuple[int, int], ...]:
     """(record, question) pairs of the pool's short records (image and short-video QA) with events and a
     four-option question whose options differ."""
@@ -315,7 +367,8 @@ def stream(data_root: str | Path, sets: tuple[str, ...], phase: Phase, seed: int
            dp: int, seq_len: int, processor, needle_frac: float = 0.0, max_turns: int = 0,
            needle_mc_frac: float = 0.0, loss_weighting: str = "token",
            mc_text_frac: float = 0.0, needle_hand_frac: float = 0.5,
-           cards: int = 0, code_repeat_frac: float = 0.0) -> Iterator[dict[str, Any]]:
+           cards: int = 0, code_repeat_frac: float = 0.0,
+           pointer_text_frac: float = 0.0) -> Iterator[dict[str, Any]]:
     """Endless micro-batches of a dp rank, starting at micro-batch ``skip`` (see the module docstring).
 
     Micro-batch m holds the samples at stream positions [m*B, (m+1)*B); a sample that fails to decode is
@@ -327,11 +380,16 @@ def stream(data_root: str | Path, sets: tuple[str, ...], phase: Phase, seed: int
     ``cards``: freshly drawn code cards added to every micro-batch (``card_sample``; handwritten at
     ``needle_hand_frac``, asked in the multiple-choice form at ``needle_mc_frac``).
     ``code_repeat_frac``: the share of needle and fresh-card codes that repeat a digit (``world.random_code``).
+    ``phase.pointer``: the fraction replaced by ``pointer_sample``s, a ``pointer_text_frac`` share of them over the
+    sets' option texts (``option_texts``), the rest over single words (``pointer_words``).
     """
     from longvila.data.video_io import VideoError
 
     pool = load_pool(str(data_root), tuple(sets))
     mc_cands = mc_candidates(pool) if mc_text_frac else ()
+    ptr_texts = option_texts(pool) if phase.pointer and pointer_text_frac else ()
+    if phase.pointer and pointer_text_frac and len(ptr_texts) < 4:
+        raise ValueError(f"{data_root}: pointer questions over option texts need four-option questions in {sets}")
     m, skipped, truncated, seen = skip, 0, 0, 0
     while True:
         items = []
@@ -343,10 +401,15 @@ def stream(data_root: str | Path, sets: tuple[str, ...], phase: Phase, seed: int
         n_mc = min(int(mc_text_frac * phase.batch + rng.random()), phase.batch - n_needle) if mc_text_frac else 0
         for _ in range(n_mc):
             items.append(mc_text_sample(pool, rng, processor, mc_cands))
+        n_ptr = min(int(phase.pointer * phase.batch + rng.random()), phase.batch - n_needle - n_mc) \
+            if phase.pointer else 0
+        for _ in range(n_ptr):
+            items.append(pointer_sample(rng, processor, ptr_texts if rng.random() < pointer_text_frac
+                                        else pointer_words()))
         for _ in range(cards):
             items.append(card_sample(rng, processor, processor.settings.image_size, needle_hand_frac,
                                      mc_frac=needle_mc_frac, repeat_frac=code_repeat_frac))
-        for i in rank_order(len(pool), seed, dp_rank, dp, m * phase.batch, phase.batch - n_needle - n_mc):
+        for i in rank_order(len(pool), seed, dp_rank, dp, m * phase.batch, phase.batch - n_needle - n_mc - n_ptr):
             seen += 1
             try:
                 it = encode_sample(pool[i], phase.frames, seq_len, processor, max_turns, rng)

@@ -113,6 +113,59 @@ def short_video_qa(model, set_dir: Path, frames: int, limit: int, ctx) -> dict[s
     }
 
 
+POINTER_EVAL_SEED = 20261203  # not a training stream's seed: the questions are drawn apart from training
+
+
+def pointer_qa(model, set_dir: Path | None, questions: int, ctx, seed: int = POINTER_EVAL_SEED) -> dict[str, Any]:
+    """Held-out accuracy on text pointer questions (``datasource.pointer_sample``: "Which option is W?" in the
+    VideoMME prompt, answered with the letter; teacher-forced argmax at the letter), ``questions`` over single
+    words and, when ``set_dir`` is given, as many over that set's option texts. Chance is 25%. It measures the
+    letter binding of the multiple-choice protocol alone, at any stage (the LLM needs no video for it)."""
+    import numpy as np
+
+    from longvila.data.shards import iter_samples
+    from longvila.model import LongVILAProcessor
+    from longvila.parallel.hf import apply_sequence_parallel
+    from longvila.parallel.mesh import SPMesh
+    from longvila.pipelines import datasource as ds
+
+    processor = LongVILAProcessor.from_config(model.config)
+    levels = {"words": ds.pointer_words()}
+    if set_dir is not None:
+        pool = tuple({"json": json.loads(s["json"]) if isinstance(s["json"], bytes | str) else s["json"]}
+                     for s in iter_samples(set_dir))
+        texts = ds.option_texts(pool)
+        if len(texts) >= 4:
+            levels["options"] = texts
+    device = next(model.parameters()).device
+    apply_sequence_parallel(model, SPMesh.single())
+    out: dict[str, Any] = {"questions": questions, "chance": 0.25,
+                           "metric": "teacher-forced argmax at the letter of text pointer questions"}
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for name, texts in levels.items():
+            rng = np.random.default_rng([seed, len(name)])
+            items = [ds.pointer_sample(rng, processor, texts) for _ in range(questions)]
+            right = torch.zeros(questions)
+            for i in range(ctx.rank, questions, ctx.world):
+                ids, labels = items[i]["input_ids"].to(device), items[i]["labels"]
+                at = int((labels != -100).nonzero()[0, 0])
+                logits = model(input_ids=ids[None, :at]).logits[0, -1]
+                right[i] = float(int(logits.argmax()) == int(labels[at]))
+            if dist.is_initialized() and ctx.world > 1:
+                from longvila.parallel.comm import collective_device
+
+                right = right.to(collective_device())
+                dist.all_reduce(right)
+                right = right.cpu()
+            out[name] = float(right.mean())
+    model.train(was_training)
+    if ctx.mesh is not None:
+        apply_sequence_parallel(model, ctx.mesh)
+    return out
+
+
 def qa_stats(typed: list[tuple[str, str]], right: list[float]) -> dict[str, Any]:
     """Chance, majority and per-type figures of (question type, reference answer) pairs scored ``right``.
 

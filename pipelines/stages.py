@@ -152,12 +152,16 @@ def make_task(cfg: StageConfig, data_root: str | Path) -> Task:
                                  processor=state["processor"], needle_frac=cfg.data.needle_frac, max_turns=cfg.data.max_turns,
                                  needle_mc_frac=cfg.data.needle_mc_frac, loss_weighting=cfg.data.loss_weighting,
                                  mc_text_frac=cfg.data.mc_text_frac, needle_hand_frac=cfg.data.needle_hand_frac,
-                                 cards=cfg.data.cards, code_repeat_frac=cfg.data.code_repeat_frac)
+                                 cards=cfg.data.cards, code_repeat_frac=cfg.data.code_repeat_frac,
+                                 pointer_text_frac=cfg.data.pointer_text_frac)
 
     def evaluate(model, ctx: Context) -> dict[str, Any]:
-        from longvila.pipelines.evaluate import short_video_qa
+        from longvila.pipelines.evaluate import pointer_qa, short_video_qa
 
-        return short_video_qa(model, data_root / cfg.eval.set, cfg.eval.frames, cfg.eval.limit, ctx)
+        out = short_video_qa(model, data_root / cfg.eval.set, cfg.eval.frames, cfg.eval.limit, ctx)
+        if cfg.eval.pointer:
+            out["pointer"] = pointer_qa(model, data_root / cfg.eval.set, cfg.eval.pointer, ctx)
+        return out
 
     return Task(
         build_model=build,

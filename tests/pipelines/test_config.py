@@ -69,11 +69,12 @@ def test_stage5_curriculum_grows_frames_and_shrinks_batch_within_limit():
 def test_overrides_are_typed():
     cfg = apply_overrides(stage3(), ["optim.lr=1e-4", "schedule.steps=7", "parallel.bf16=true",
                                      "data.sets=a,b", "seed=3", "schedule.kind=constant",
-                                     "data.curriculum=8:4:2,16:2:3"])
+                                     "data.curriculum=8:4:2,16:2:3,0:64:4:1.0"])
     assert cfg.optim.lr == 1e-4 and isinstance(cfg.optim.lr, float)
     assert cfg.schedule.steps == 7 and isinstance(cfg.schedule.steps, int)
     assert cfg.parallel.bf16 is True and cfg.data.sets == ("a", "b") and cfg.seed == 3
-    assert cfg.data.curriculum == (Phase(8, 4, 2), Phase(16, 2, 3)) and cfg.total_steps == 5
+    assert cfg.data.curriculum == (Phase(8, 4, 2), Phase(16, 2, 3), Phase(0, 64, 4, pointer=1.0))
+    assert cfg.total_steps == 9 and isinstance(cfg.data.curriculum[2].pointer, float)
 
 
 @pytest.mark.parametrize("bad, match", [
@@ -93,6 +94,11 @@ def test_overrides_are_typed():
     ("data.mc_text_frac=-0.1", "data.mc_text_frac=-0.1 must be in"),
     ("data.needle_hand_frac=2", "data.needle_hand_frac=2.0 must be in"),
     ("data.cards=-1", "data.cards=-1 must be >= 0"),
+    ("data.pointer_text_frac=1.5", "data.pointer_text_frac=1.5 must be in"),
+    ("data.curriculum=8:4", "phase '8:4' is not frames:batch:steps"),
+    ("data.curriculum=8:4:2:half", "is not frames:batch:steps.:pointer."),
+    ("data.curriculum=8:4:2:1.5", r"data.curriculum\[0\]=.*pointer in \[0, 1\]"),
+    ("data.curriculum=8:0:2", r"data.curriculum\[0\]=.*batch >= 1"),
     ("model.dynamic_yarn_positions=-5", "model.dynamic_yarn_positions=-5 must be >= 0"),
 ])
 def test_bad_overrides_name_the_key(bad, match):

@@ -213,3 +213,102 @@ def test_batches_move_to_the_model_device_and_collectives_stay_on_cpu_without_nc
     same = to_model_device(batch, torch.nn.Linear(2, 2))
     assert all(same[k] is batch[k] for k in batch)  # already on the CPU: nothing copied
     assert collective_device().type == "cpu"  # no process group (or gloo): bookkeeping tensors on the CPU
+
+
+def test_pointer_sample_asks_which_option_says_w_and_labels_the_letter_alone():
+    from longvila.data import questions as Q
+    from longvila.model import LongVILAProcessor, tiny_config
+
+    proc = LongVILAProcessor.from_config(tiny_config())
+    words = ds.pointer_words()
+    assert len(words) == len(set(words)) >= 30 and all(w.isalpha() for w in words)
+    letters = set()
+    for seed in range(16):
+        s = ds.pointer_sample(np.random.default_rng(seed), proc, words)
+        text = proc.decode(s["input_ids"].tolist(), skip_special_tokens=False)
+        assert Q.MC_HEADER in text and text.count("The best answer is:") == 1
+        w = text.split("Which option is ", 1)[1].split("?", 1)[0]
+        opts = [line for line in text.splitlines() if len(line) > 3 and line[1:3] == ". " and line[0] in Q.LETTERS]
+        assert [o[0] for o in opts] == list(Q.LETTERS) and len({o[3:] for o in opts}) == 4
+        labelled = s["labels"][s["labels"] != -100].tolist()
+        assert len(labelled) == 1  # the letter; the end-of-turn token is not a label
+        letter = proc.decode(labelled).strip()
+        assert f"{letter}. {w}" in opts
+        letters.add(letter)
+    assert letters == set(Q.LETTERS)
+    with pytest.raises(ValueError, match="at least 4"):
+        ds.pointer_sample(np.random.default_rng(0), proc, ("red", "blue", "green"))
+
+
+def test_option_texts_are_the_distinct_answers_of_four_option_questions():
+    pool = ({"json": {"qa": [{"options": ["A. a red circle", "B. top left", "C. 471", "D. a red circle"]}]}},
+            {"json": {"qa": [{"question": "open", "answer": "x"}]}}, {"json": {}})
+    assert ds.option_texts(pool) == ("471", "a red circle", "top left")
+
+
+def test_stream_pointer_phase_replaces_that_share_of_each_batch(tmp_path):
+    from longvila.data import sets
+    from longvila.model import LongVILAProcessor, tiny_config
+    from longvila.pipelines.config import Phase
+
+    cfg = sets.BuildConfig()
+    cfg.short_sft.num_samples, cfg.short_sft.per_shard = 8, 8
+    sets.build(cfg, tmp_path, sets=("short_sft",), workers=1)
+    proc = LongVILAProcessor.from_config(tiny_config())
+    it = ds.stream(tmp_path, ("short_sft",), Phase(8, 8, 1, pointer=0.5), seed=0, skip=0, dp_rank=0, dp=1,
+                   seq_len=256, processor=proc, pointer_text_frac=1.0)
+    texts = set(ds.option_texts(ds.load_pool(str(tmp_path), ("short_sft",))))
+    for _ in range(2):
+        b = next(it)
+        ptr = [i for i in b["sample_ids"] if i.startswith("pointer-")]
+        assert len(ptr) == 4 and len(b["sample_ids"]) == 8
+        assert all(i.split("-", 2)[2] in texts for i in ptr)  # the asked option is one of the set's texts
+    full = next(ds.stream(tmp_path, ("short_sft",), Phase(8, 6, 1, pointer=1.0), seed=0, skip=0, dp_rank=0, dp=1,
+                          seq_len=256, processor=proc))
+    assert len(full["sample_ids"]) == 6 and all(i.startswith("pointer-") for i in full["sample_ids"])
+    assert full["pixel_values"] is None and all(i.split("-", 2)[2] in ds.pointer_words() for i in full["sample_ids"])
+
+
+def test_pointer_qa_scores_the_letter_of_each_held_out_question():
+    """The held-out pointer evaluation: an oracle that reads the prompt scores 100%, a model that always
+    answers "A" scores the share of A answers (about chance), and the questions are the same on every call."""
+    import types
+
+    from longvila.data import questions as Q
+    from longvila.model import LongVILAForCausalLM, LongVILAProcessor, tiny_config
+    from longvila.pipelines.evaluate import pointer_qa
+
+    model = LongVILAForCausalLM(tiny_config())
+    proc = LongVILAProcessor.from_config(model.config)
+    letter_ids = {c: proc.tokenizer.convert_tokens_to_ids(c) for c in Q.LETTERS}
+    asked = []
+
+    def oracle(input_ids, **kw):
+        text = proc.decode(input_ids[0].tolist())
+        asked.append(text)
+        w = text.split("Which option is ", 1)[1].split("?", 1)[0]
+        letter = next(c for c in Q.LETTERS if f"\n{c}. {w}\n" in text)
+        logits = torch.zeros(1, input_ids.shape[1], model.config.text_config.vocab_size)
+        logits[0, -1, letter_ids[letter]] = 1.0
+        return types.SimpleNamespace(logits=logits)
+
+    ctx = types.SimpleNamespace(rank=0, world=1, mesh=None)
+    model.forward = oracle
+    got = pointer_qa(model, None, 40, ctx)
+    assert got["words"] == 1.0 and got["chance"] == 0.25 and "options" not in got
+    assert all(t.rstrip().endswith("The best answer is:<|im_end|>\n<|im_start|>assistant") or
+               t.rstrip().endswith("assistant") for t in asked)
+    first = list(asked)
+    asked.clear()
+
+    def always_a(input_ids, **kw):
+        asked.append(proc.decode(input_ids[0].tolist()))
+        logits = torch.zeros(1, input_ids.shape[1], model.config.text_config.vocab_size)
+        logits[0, -1, letter_ids["A"]] = 1.0
+        return types.SimpleNamespace(logits=logits)
+
+    model.forward = always_a
+    got = pointer_qa(model, None, 40, ctx)
+    assert asked == first  # the same held-out questions every time
+    share_a = sum(1 for t in asked if f"\nA. {t.split('Which option is ', 1)[1].split('?', 1)[0]}\n" in t) / 40
+    assert got["words"] == pytest.approx(share_a) and 0.05 < share_a < 0.5

@@ -1,0 +1,24 @@
+"""The letter-binding probe: its curve, its result file, and its refusals."""
+
+import json
+
+from longvila.pipelines import pointer_probe
+
+
+def test_probe_trains_and_writes_a_held_out_curve(tmp_path):
+    out = tmp_path / "probe.json"
+    r = pointer_probe.run(steps=3, batch=4, eval_every=2, eval_questions=8, texts="codes", out=str(out))
+    assert [c[0] for c in r["curve"]] == [2, 3]  # every eval_every steps and at the end
+    assert all(0.0 <= a <= 1.0 and 0.0 <= b <= 1.0 for _, a, b in r["curve"])
+    assert json.loads(out.read_text())["curve"] == [list(c) for c in r["curve"]]
+    # the same held-out questions at every point: an untrained model's first point repeats exactly
+    again = pointer_probe.run(steps=2, batch=4, eval_every=2, eval_questions=8, texts="codes")
+    assert again["curve"][0] == r["curve"][0]
+
+
+def test_probe_refuses_bad_arguments(capsys):
+    assert pointer_probe.main(["--texts", "options"]) == 2
+    assert "--data SET_DIR" in capsys.readouterr().err
+    assert pointer_probe.main(["--texts", "letters", "--steps", "1"]) == 2
+    assert "choose words, codes or options" in capsys.readouterr().err
+    assert pointer_probe.main(["--batch", "0"]) == 2
