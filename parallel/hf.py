@@ -64,13 +64,16 @@ def step_plan(query: torch.Tensor, pos: torch.Tensor | None, mesh: SPMesh):
     given = active_plan()
     if given is not None and given.shape in ((query.shape[0], query.shape[2]), (-1, -1)):
         return given
-    key = (id(mesh), tuple(query.shape), None if pos is None else (tuple(pos.shape), pos._version))
+    # NOTE: tensors made under torch.inference_mode have no version counter, so a plan for one of them is not
+    # cached (made per layer: a host-side plan, cheap next to the layer)
+    cacheable = pos is not None and not pos.is_inference()
+    key = (id(mesh), tuple(query.shape), (tuple(pos.shape), pos._version) if cacheable else None)
     hit = _PLAN_CACHE.get("entry")
-    if hit is not None and hit[1] == key and pos is not None and hit[0]() is pos:
+    if cacheable and hit is not None and hit[1] == key and hit[0]() is pos:
         return hit[2]
     seg = None if pos is None else segment_ids_from_positions(pos, mesh, query.shape[0])
     plan = plan_attention(seg, mesh, "zigzag", query)
-    if pos is not None:
+    if cacheable:
         _PLAN_CACHE["entry"] = (weakref.ref(pos), key, plan)
     return plan
 

@@ -360,3 +360,25 @@ def test_hf_logn_attention_equals_scaled_queries_in_prefill_packing_and_decode()
     full, _ = sp_attention_forward(module, q, k, v, None)
     dec, _ = sp_attention_forward(module, q[:, :, -3:], k, v, None)
     torch.testing.assert_close(dec, full[:, -3:], atol=2e-6, rtol=1e-5)
+
+
+def test_hf_attention_runs_under_inference_mode_with_logn_positions():
+    """The evaluations run under torch.inference_mode, where the log-n positions the layer makes (and any
+    position_ids the caller made there) are inference tensors without a version counter: the plan is then
+    made without the per-step cache, and the output equals the one outside inference mode."""
+    import types
+
+    from longvila.parallel.hf import sp_attention_forward
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 4, 30, 8), torch.randn(1, 2, 30, 8), torch.randn(1, 2, 30, 8)
+    module = types.SimpleNamespace(config=types.SimpleNamespace(logn_attention_base=4))
+    ref, _ = sp_attention_forward(module, q, k, v, None)
+    ref_packed, _ = sp_attention_forward(module, q, k, v, None, position_ids=torch.arange(30)[None])
+    with torch.inference_mode():
+        got, _ = sp_attention_forward(module, q, k, v, None)
+        pos = torch.arange(30)[None]
+        packed = [sp_attention_forward(module, q, k, v, None, position_ids=pos)[0] for _ in range(2)]
+    torch.testing.assert_close(got, ref, atol=0, rtol=0)
+    for out in packed:
+        torch.testing.assert_close(out, ref_packed, atol=0, rtol=0)
