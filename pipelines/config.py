@@ -331,10 +331,6 @@ def stage5() -> StageConfig:
             # short phase below, and the "778" -> "777" slips (the next cell guessed from the digits written) gone
             cards=6,
             code_repeat_frac=0.5,
-            # half of the needles and fresh cards asked in the four-option form, answered with the letter: the
-            # letter binding on code cards is learnt from concentrated multiple choice (78% after 800 pure
-            # multiple-choice steps), not from a small share (docs/recipe.md#letters)
-            needle_mc_frac=0.5,
             max_turns=2,
             curriculum=(
                 Phase(frames=32, batch=16, steps=300),
