@@ -1,13 +1,14 @@
 """The letter-binding probe: an LLM trained on text pointer questions alone, with a held-out curve.
 
     python -m longvila.pipelines.pointer_probe --steps 1500 --batch 64 --out probe.json
-    python -m longvila.pipelines.pointer_probe --init artifacts/ckpt/stage2 --steps 500 --no-header
+    python -m longvila.pipelines.pointer_probe --init artifacts/ckpt/stage2 --steps 500 --form no-header
 
 It asks what the multiple-choice protocol needs of the LLM and nothing else: "Which option is W?" over four
 options in the VideoMME prompt (``datasource.pointer_sample``), answered with the letter, loss on the letter
-alone, fresh questions every step. Every ``--eval-every`` steps it scores the same held-out questions
-(``evaluate.POINTER_EVAL_SEED``) in the full VideoMME prompt and without its instruction line, by
-teacher-forced argmax at the letter (chance 25%). The LLM is the tiny default's, randomly initialised, or
+alone, fresh questions every step (``--form``: that prompt, the prompt without its instruction line, or
+one line without the chat template). Every ``--eval-every`` steps it scores the same held-out questions
+(``evaluate.POINTER_EVAL_SEED``) in the full VideoMME prompt and in the training form, by teacher-forced
+argmax at the letter (chance 25%). The LLM is the tiny default's, randomly initialised, or
 the language model of a checkpoint (``--init``), so the curve shows where in the recipe the binding could be
 taught and at what cost. Options: single words (``words``), 3-digit codes (``codes``) or a set's option
 texts (``options`` with ``--data SET_DIR``).
@@ -54,6 +55,20 @@ def _texts(kind: str, data: str | None) -> tuple[str, ...]:
     raise ValueError(f"--texts {kind!r}: choose words, codes or options")
 
 
+def oneline_sample(rng: np.random.Generator, processor, texts: tuple[str, ...]) -> dict:
+    """The outside probe's form: "which option is W? A. w1 B. w2 C. w3 D. w4" then the letter, one line, no chat
+    template and no instruction (``--form oneline``); the loss on the letter."""
+    from longvila.data.questions import LETTERS
+
+    opts = [texts[i] for i in rng.choice(len(texts), 4, replace=False)]
+    k = int(rng.integers(4))
+    text = f"which option is {opts[k]}? " + " ".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(opts))
+    ids = processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+    letter = processor.tokenizer(f" {LETTERS[k]}", add_special_tokens=False)["input_ids"]
+    labels = [-100] * len(ids) + letter
+    return {"input_ids": torch.tensor(ids + letter), "labels": torch.tensor(labels)}
+
+
 def _batch(items: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     n, length = len(items), max(int(it["input_ids"].shape[0]) for it in items)
     ids = torch.zeros(n, length, dtype=torch.long)
@@ -77,17 +92,39 @@ def _accuracy(llm, batches) -> float:
     return right / total
 
 
+FORMS = ("videomme", "no-header", "oneline")
+
+
 def run(steps: int = 1500, batch: int = 64, lr: float = 1e-3, warmup: int = 100, texts: str = "words",
-        data: str | None = None, init: str | None = None, header: bool = True, eval_every: int = 100,
+        data: str | None = None, init: str | None = None, form: str = "videomme", eval_every: int = 100,
         eval_questions: int = 512, seed: int = 0, threads: int = 1, out: str | None = None) -> dict:
-    """Train and return {"args", "curve": [(step, acc_videomme_prompt, acc_no_header)], "seconds"}."""
+    """Train on questions of ``form`` (``FORMS``) and return {"args", "curve": [(step, accuracy in the VideoMME
+    prompt, accuracy in the training form)], "seconds"}."""
     from longvila.model import LongVILAForCausalLM, LongVILAProcessor, tiny_config
     from longvila.pipelines import datasource as ds
     from longvila.pipelines.evaluate import POINTER_EVAL_SEED
     from longvila.utils import progress
 
-    args = dict(steps=steps, batch=batch, lr=lr, warmup=warmup, texts=texts, data=data, init=init, header=header,
+    args = dict(steps=steps, batch=batch, lr=lr, warmup=warmup, texts=texts, data=data, init=init, form=form,
                 eval_every=eval_every, eval_questions=eval_questions, seed=seed, threads=threads)
+    # a curriculum of forms: "oneline:1250,videomme" (the last form runs to the end)
+    sched = []
+    for part in form.split(","):
+        name, _, n = part.partition(":")
+        if name not in FORMS or (n and not n.isdigit()):
+            raise ValueError(f"--form {form!r}: choose one of {', '.join(FORMS)}, or a curriculum such as "
+                             "oneline:1250,videomme")
+        sched.append((name, int(n) if n else None))
+    last = sched[-1][0]
+
+    def form_at(step: int) -> str:
+        start = 0
+        for name, n in sched:
+            if n is None or step < start + n:
+                return name
+            start += n
+        return last
+
     if steps < 0 or batch < 1 or lr <= 0 or eval_every < 1 or eval_questions < 1:
         raise ValueError(f"pointer probe: needs steps >= 0, batch >= 1, lr > 0, eval_every >= 1, "
                          f"eval_questions >= 1; got {args}")
@@ -96,9 +133,14 @@ def run(steps: int = 1500, batch: int = 64, lr: float = 1e-3, warmup: int = 100,
     pool = _texts(texts, data)
     model = LongVILAForCausalLM.from_pretrained(init) if init else LongVILAForCausalLM(tiny_config())
     llm, proc = model.language_model, LongVILAProcessor.from_config(model.config)
+    def make(rng, kind):
+        if kind == "oneline":
+            return oneline_sample(rng, proc, pool)
+        return ds.pointer_sample(rng, proc, pool, header=kind == "videomme")
+
     held = np.random.default_rng([POINTER_EVAL_SEED, 1])
-    evals = {h: [_batch([ds.pointer_sample(held, proc, pool, header=h) for _ in range(min(128, eval_questions - i))])
-                 for i in range(0, eval_questions, 128)] for h in (True, False)}
+    evals = {kind: [_batch([make(held, kind) for _ in range(min(128, eval_questions - i))])
+                    for i in range(0, eval_questions, 128)] for kind in dict.fromkeys(("videomme", sched[0][0]))}
     opt = torch.optim.AdamW(llm.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     rng = np.random.default_rng([seed, 7])
     curve, t0 = [], time.time()
@@ -106,7 +148,7 @@ def run(steps: int = 1500, batch: int = 64, lr: float = 1e-3, warmup: int = 100,
     for step in progress(range(steps), desc="pointer probe", unit="step"):
         for g in opt.param_groups:
             g["lr"] = lr * min(1.0, (step + 1) / max(1, warmup))
-        ids, labels, mask = _batch([ds.pointer_sample(rng, proc, pool, header=header) for _ in range(batch)])
+        ids, labels, mask = _batch([make(rng, form_at(step)) for _ in range(batch)])
         loss = llm(input_ids=ids, attention_mask=mask, labels=labels).loss
         opt.zero_grad()
         loss.backward()
@@ -114,11 +156,10 @@ def run(steps: int = 1500, batch: int = 64, lr: float = 1e-3, warmup: int = 100,
         opt.step()
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             llm.eval()
-            curve.append((step + 1, round(_accuracy(llm, evals[True]), 4), round(_accuracy(llm, evals[False]), 4)))
+            curve.append((step + 1, round(_accuracy(llm, evals["videomme"]), 4), round(_accuracy(llm, evals[sched[0][0]]), 4)))
             llm.train()
     result = {"args": args, "curve": curve, "chance": 0.25, "seconds": round(time.time() - t0, 1),
-              "metric": "held-out teacher-forced argmax at the letter: (step, VideoMME prompt, without its "
-                        "instruction line)"}
+              "metric": "held-out teacher-forced argmax at the letter: (step, VideoMME prompt, first training form)"}
     if out:
         atomic_write_json(Path(out), result)
     return result
@@ -133,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--texts", default="words", help="words | codes | options (with --data)")
     p.add_argument("--data", help="a set folder whose four-option questions give the option texts")
     p.add_argument("--init", help="a checkpoint folder whose language model is trained (default: random tiny LLM)")
-    p.add_argument("--no-header", action="store_true", help="train without the VideoMME instruction line")
+    p.add_argument("--form", default="videomme", help="training questions: videomme (the VideoMME chat prompt), "
+                   "no-header (without its instruction line) or oneline (one line, no chat template)")
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--eval-questions", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
@@ -141,13 +183,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="write the result JSON here")
     a = p.parse_args(argv)
     try:
-        r = run(a.steps, a.batch, a.lr, a.warmup, a.texts, a.data, a.init, not a.no_header, a.eval_every,
+        r = run(a.steps, a.batch, a.lr, a.warmup, a.texts, a.data, a.init, a.form, a.eval_every,
                 a.eval_questions, a.seed, a.threads, a.out)
     except (ValueError, FileNotFoundError, OSError) as e:
         print(f"pointer probe: {e}", file=sys.stderr)
         return 2
-    for step, acc, acc_nh in r["curve"]:
-        print(f"step {step:>6}  held-out {acc:.3f}  (no instruction line {acc_nh:.3f}; chance 0.25)")
+    for step, acc, acc_form in r["curve"]:
+        print(f"step {step:>6}  held-out {acc:.3f}  (in the training form {acc_form:.3f}; chance 0.25)")
     return 0
 
 

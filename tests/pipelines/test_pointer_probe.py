@@ -14,6 +14,24 @@ def test_probe_trains_and_writes_a_held_out_curve(tmp_path):
     # the same held-out questions at every point: an untrained model's first point repeats exactly
     again = pointer_probe.run(steps=2, batch=4, eval_every=2, eval_questions=8, texts="codes")
     assert again["curve"][0] == r["curve"][0]
+    one = pointer_probe.run(steps=1, batch=2, eval_questions=4, form="oneline", texts="words")
+    assert len(one["curve"]) == 1 and one["args"]["form"] == "oneline"
+
+
+def test_oneline_form_labels_the_letter_of_the_asked_option():
+    import numpy as np
+
+    from longvila.model import LongVILAProcessor, tiny_config
+    from longvila.pipelines import datasource as ds
+
+    proc = LongVILAProcessor.from_config(tiny_config())
+    for seed in range(8):
+        s = pointer_probe.oneline_sample(np.random.default_rng(seed), proc, ds.pointer_words())
+        text = proc.decode(s["input_ids"].tolist())
+        assert "\n" not in text and "<|im_start|>" not in text
+        w = text.split("which option is ", 1)[1].split("?", 1)[0]
+        letter = proc.decode(s["labels"][s["labels"] != -100].tolist()).strip()
+        assert f"{letter}. {w}" in text and text.rstrip().endswith(letter)
 
 
 def test_probe_refuses_bad_arguments(capsys):
@@ -22,3 +40,5 @@ def test_probe_refuses_bad_arguments(capsys):
     assert pointer_probe.main(["--texts", "letters", "--steps", "1"]) == 2
     assert "choose words, codes or options" in capsys.readouterr().err
     assert pointer_probe.main(["--batch", "0"]) == 2
+    assert pointer_probe.main(["--form", "chat"]) == 2
+    assert "choose one of videomme, no-header, oneline" in capsys.readouterr().err

@@ -49,7 +49,7 @@ def test_five_stage_smoke_run(tmp_path):
     _tiny_data(data)
     cmd = [sys.executable, "-m", "longvila.cli", "train", "all", "--data", str(data), "--out", str(out),
            "--nproc", "2", "--set", "schedule.steps=2", "--set", "5:data.curriculum=16:2:1,40:1:1",
-           "--set", "eval.limit=6", "--set", "1:vision_pretrain.steps=20"]
+           "--set", "eval.limit=6", "--set", "eval.pointer=8", "--set", "1:vision_pretrain.steps=20"]
     p = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-4000:]
     w = {}
@@ -86,6 +86,9 @@ def test_five_stage_smoke_run(tmp_path):
         summary = json.loads((out / f"stage{n}" / "summary.json").read_text())
         for ev in (summary["eval_before"], summary["eval"]):  # the starting model and the trained one
             assert ev["questions"] == 6 and 0 <= ev["accuracy"] <= 1 and 0 < ev["chance"] <= 1 and ev["loss"] > 0
+            ptr = ev["pointer"]  # held-out pointer questions over single words and the set's option texts
+            assert ptr["questions"] == 8 and ptr["chance"] == 0.25
+            assert all(ptr[k] * 8 == round(ptr[k] * 8) and 0 <= ptr[k] <= 1 for k in ("words", "options"))
         assert summary["eval_before"]["loss"] != summary["eval"]["loss"]
     # run again: everything is finished and skipped
     p = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
