@@ -123,7 +123,6 @@ def pointer_qa(model, set_dir: Path | None, questions: int, ctx, seed: int = POI
     letter binding of the multiple-choice protocol alone, at any stage (the LLM needs no video for it)."""
     import numpy as np
 
-    from longvila.data.shards import iter_samples
     from longvila.model import LongVILAProcessor
     from longvila.parallel.hf import apply_sequence_parallel
     from longvila.parallel.mesh import SPMesh
@@ -132,9 +131,7 @@ def pointer_qa(model, set_dir: Path | None, questions: int, ctx, seed: int = POI
     processor = LongVILAProcessor.from_config(model.config)
     levels = {"words": ds.pointer_words()}
     if set_dir is not None:
-        pool = tuple({"json": json.loads(s["json"]) if isinstance(s["json"], bytes | str) else s["json"]}
-                     for s in iter_samples(set_dir))
-        texts = ds.option_texts(pool)
+        texts = ds.option_texts(ds.load_pool(str(Path(set_dir).parent), (Path(set_dir).name,)))
         if len(texts) >= 4:
             levels["options"] = texts
     device = next(model.parameters()).device

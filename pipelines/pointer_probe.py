@@ -23,7 +23,6 @@ Design choices:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -44,11 +43,7 @@ def _texts(kind: str, data: str | None) -> tuple[str, ...]:
     if kind == "options":
         if not data:
             raise ValueError("--texts options needs --data SET_DIR (a set with four-option questions)")
-        from longvila.data.shards import iter_samples
-
-        pool = tuple({"json": json.loads(s["json"]) if isinstance(s["json"], bytes | str) else s["json"]}
-                     for s in iter_samples(Path(data)))
-        texts = ds.option_texts(pool)
+        texts = ds.option_texts(ds.load_pool(str(Path(data).parent), (Path(data).name,)))
         if len(texts) < 4:
             raise ValueError(f"{data}: fewer than four distinct option texts")
         return texts
