@@ -42,8 +42,8 @@ IGNORE_INDEX = -100
 class MMSPOutput:
     loss: torch.Tensor  # scalar: local CE sum / active targets in the SP group
     num_active: int  # active targets in the SP group (the whole sequence)
-    logits: torch.Tensor  # (B, S_local, V) of the local shard
-    targets: torch.Tensor  # (B, S_local) shifted labels of the local shard (-100 = ignored)
+    logits: torch.Tensor  # (B, S_local, V) of the local shard; (B, K, V) at its K labelled positions with labelled_logits
+    targets: torch.Tensor  # (B, S_local) shifted labels of the local shard (-100 = ignored); (B, K) likewise
     frames_encoded: int  # frames this rank pushed through the encoder (a dummy counts 0)
 
 
@@ -107,12 +107,15 @@ def encode_frames_by_token(model, input_ids: torch.Tensor, pixel_values: torch.T
     return gathered.index_select(0, inverse), int(mine.numel())
 
 
-def mmsp_forward(model, batch: dict, mesh: SPMesh | None = None, frame_sharding: str = "balanced") -> MMSPOutput:
+def mmsp_forward(model, batch: dict, mesh: SPMesh | None = None, frame_sharding: str = "balanced",
+                 labelled_logits: bool = False) -> MMSPOutput:
     """One MM-SP forward on a batch dict: input_ids (B, L), labels (B, L), position_ids (B, L) (optional,
     restarting at 0 per packed sample), pixel_values (N, 3, S, S) (optional), loss_weights (B, L) (optional:
     a weight per labelled token; the loss is then the weighted mean). Every rank of the SP group
     must pass the same batch. The LLM must have had ``apply_sequence_parallel(model, mesh)``.
-    ``frame_sharding="token"`` selects the naive stage a (``encode_frames_by_token``), for benchmarks."""
+    ``frame_sharding="token"`` selects the naive stage a (``encode_frames_by_token``), for benchmarks.
+    ``labelled_logits``: the LM head runs only at the local positions some row has a target at (the loss is
+    the same; visual and prompt tokens, most of a training row, skip the head and its cross-entropy)."""
     mesh = mesh or SPMesh.single()
     input_ids, labels = batch["input_ids"], batch["labels"]
     if input_ids.shape != labels.shape or input_ids.dim() != 2:
@@ -151,14 +154,21 @@ def mmsp_forward(model, batch: dict, mesh: SPMesh | None = None, frame_sharding:
     local_pos = zigzag_shard(full_pos, 1, mesh)
     local_tgt = zigzag_shard(pad_to(targets, 1, total, IGNORE_INDEX), 1, mesh)
     plan = plan_from_positions(full_pos, mesh, b)  # the step's attention plan, on the host, once
+    keep = {}
+    if labelled_logits:  # HF causal LMs take an index tensor: the head sees hidden_states[:, keep]
+        idx = (local_tgt != IGNORE_INDEX).any(0).nonzero().squeeze(-1)
+        keep = {"logits_to_keep": idx}
+        local_tgt = local_tgt[:, idx]
     with use_plan(plan):
-        out = model.language_model(inputs_embeds=local_embeds, position_ids=local_pos, use_cache=False)
+        out = model.language_model(inputs_embeds=local_embeds, position_ids=local_pos, use_cache=False, **keep)
     logits = out.logits
     flat = logits.float().reshape(-1, logits.shape[-1])
     if weights is None:
         ce = F.cross_entropy(flat, local_tgt.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
         return MMSPOutput(ce / max(num_active, 1), num_active, logits, local_tgt, n_local)
     local_w = zigzag_shard(pad_to(weights, 1, total, 0.0), 1, mesh)
+    if labelled_logits:
+        local_w = local_w[:, keep["logits_to_keep"]]
     ce = F.cross_entropy(flat, local_tgt.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none")
     denom = float(weights.sum())  # the whole sequence's weight: the same on every SP rank
     return MMSPOutput((ce * local_w.reshape(-1)).sum() / (denom if denom > 0 else 1.0), num_active, logits,

@@ -29,6 +29,8 @@ class ConfigError(ValueError):
 
 
 MODULES = ("vision_tower", "mm_projector", "language_model")
+# how text pointer questions are asked (``datasource.pointer_sample``)
+POINTER_FORMS = ("videomme", "no-header", "oneline")
 
 # The paper's context-extension table, as multiples of the base model's (positions, rope theta):
 # Qwen2-7B starts at 32k positions with theta 1e6; 131k -> 1.5e7, 262k -> 2.1e8, 524k -> 1.1e9, 1M -> 3.6e9.
@@ -61,12 +63,15 @@ class ModelCfg:
 class Phase:
     """One phase of a length curriculum: ``steps`` optimizer steps at ``frames`` frames, ``batch`` samples;
     ``pointer`` of each micro-batch are text pointer questions (``datasource.pointer_sample``: which option is
-    W? answered with its letter), the letter binding of the multiple-choice protocol taught on its own."""
+    W? answered with its letter), the letter binding of the multiple-choice protocol taught on its own, asked
+    in ``form`` (``datasource.POINTER_FORMS``: the VideoMME chat prompt, it without the instruction line, or
+    one plain line). ``frames=0`` is a text-only phase (no fresh cards either)."""
 
     frames: int
     batch: int
     steps: int
     pointer: float = 0.0
+    form: str = "videomme"
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,7 @@ class DataCfg:
     # pointer questions (a curriculum phase's ``pointer`` share): this share of them has the sets' option texts as
     # options ("a small red circle", "top left", "471"), the rest single words (colours, shapes, numbers)
     pointer_text_frac: float = 0.0
+    pointers: int = 0  # pointer questions added to every micro-batch besides (keep the letter binding alive)
     workers: int = 0  # loader worker processes
 
 
@@ -246,11 +252,21 @@ def stage2() -> StageConfig:
         # the align captions too: half of them are code cards, which teach the LLM to read the digits off a
         # card's visual token (the needle evaluation and the code questions depend on it)
         # plus 4 freshly drawn cards per micro-batch: unlimited renderings to read from
-        data=replace(s.data, sets=("align", "pretrain"), seq_len=512, batch=16, cards=4),
+        # first the letter binding of the multiple-choice protocol, text only, while the LLM is fresh: pointer
+        # questions ("which option is W?", answered with its letter) on one plain line, then in the VideoMME chat
+        # prompt. Asked in the chat prompt from the start, the random LLM stays at chance through 1,500 steps;
+        # on one line it leaves the plateau (held-out 0.94 at 1,250 steps), and the binding then carries into the
+        # chat prompt (0.70 after 500 steps; docs/recipe.md#letters). Two pointer questions ride along in every
+        # later micro-batch (and in the later stages' too) to keep it
+        data=replace(s.data, sets=("align", "pretrain"), seq_len=512, batch=16, cards=4, pointers=2,
+                     curriculum=(Phase(frames=0, batch=32, steps=1250, pointer=1.0, form="oneline"),
+                                 Phase(frames=0, batch=32, steps=500, pointer=1.0),
+                                 Phase(frames=1, batch=16, steps=2000))),
         optim=replace(s.optim, lr=1e-3, weight_decay=0.01),
         # constant lr: reading codes starts only after a ~300-step plateau, and a cosine decay over 800 steps
-        # ended it before that (per-digit accuracy at chance, 10%); constant gave 40-56% held-out
-        schedule=replace(s.schedule, steps=2000, warmup_steps=10, kind="constant"),
+        # ended it before that (per-digit accuracy at chance, 10%); constant gave 40-56% held-out. The warm-up
+        # of the pointer probe that measured the binding (100 steps)
+        schedule=replace(s.schedule, warmup_steps=100, kind="constant"),
         vision_pretrain=VisionPretrainCfg(),  # stages after 1 start from a checkpoint
     )
 
@@ -268,8 +284,9 @@ def stage3() -> StageConfig:
         # square loss averaging (kept by stages 4 and 5): one-word answers are not drowned by the long captions
         # packed beside them (with 2,000 cosine steps: held-out QA after stage 5 41.7% -> 45.0%, needle grid
         # 60.5% -> 67.5%)
+        # one pointer question per micro-batch, half of them over the set's option texts (kept by stage 5)
         data=replace(s.data, sets=("short_sft",), frames=32, batch=8, needle_frac=0.5, cards=2,
-                     loss_weighting="square"),
+                     loss_weighting="square", curriculum=(), pointers=1, pointer_text_frac=0.5),
         # the tower at a tenth of the lr: at the full lr the LM loss collapsed its features (output spread
         # across images 1.18 -> 0.22) and QA stayed at chance; 0.1 keeps them (1.11), as VILA's lower tower lr
         optim=replace(s.optim, lr=1e-3, vision_lr_scale=0.1),
@@ -296,7 +313,8 @@ def stage4() -> StageConfig:
             # longest video, and the slower rotation keeps those distances closer to trained ones
             context_length=16384,
         ),
-        data=replace(s.data, sets=("context_ext",), frames=0, seq_len=8192, batch=1, needle_frac=0.0, cards=0),
+        data=replace(s.data, sets=("context_ext",), frames=0, seq_len=8192, batch=1, needle_frac=0.0, cards=0,
+                     pointers=0),
         optim=replace(s.optim, lr=3e-4),
         schedule=replace(s.schedule, steps=30, warmup_steps=3, kind="constant"),
         parallel=replace(s.parallel, sp_ring=2),
@@ -330,6 +348,7 @@ def stage5() -> StageConfig:
             # repeating a digit: reading alone 97.1% -> 99.6% of 1,000 held-out printed cards with the final
             # short phase below, and the "778" -> "777" slips (the next cell guessed from the digits written) gone
             cards=6,
+            pointers=1,
             code_repeat_frac=0.5,
             max_turns=2,
             curriculum=(
@@ -378,13 +397,13 @@ def _special(value: str, tp: typing.Any, key: str) -> typing.Any:
         for p in parts:
             xs = p.split(":")
             try:
-                if len(xs) not in (3, 4):
+                if len(xs) not in (3, 4, 5):
                     raise ValueError
                 f, b, n = (int(x) for x in xs[:3])
-                ptr = float(xs[3]) if len(xs) == 4 else 0.0
+                ptr = float(xs[3]) if len(xs) >= 4 else 0.0
             except ValueError:
-                raise ConfigError(f"{key}: phase {p!r} is not frames:batch:steps[:pointer]") from None
-            phases.append(Phase(f, b, n, ptr))
+                raise ConfigError(f"{key}: phase {p!r} is not frames:batch:steps[:pointer[:form]]") from None
+            phases.append(Phase(f, b, n, ptr, *xs[4:5]))
         return tuple(phases)
     if args and typing.get_origin(args[0]) is tuple:  # rope_schedule rows "length:theta"
         try:
@@ -459,14 +478,17 @@ def validate(cfg: StageConfig, world_size: int | None = None) -> None:
         if ph.frames < 0 or ph.batch < 1 or ph.steps < 0 or not 0.0 <= ph.pointer <= 1.0:
             raise ConfigError(f"data.curriculum[{i}]={ph}: needs frames >= 0, batch >= 1, steps >= 0 and "
                               "pointer in [0, 1]")
+        if ph.form not in POINTER_FORMS:
+            raise ConfigError(f"data.curriculum[{i}]: pointer form {ph.form!r}; choose one of "
+                              f"{', '.join(POINTER_FORMS)}")
     if cfg.optim.lr <= 0:
         raise ConfigError(f"optim.lr={cfg.optim.lr} must be > 0")
     if cfg.optim.vision_lr_scale <= 0:
         raise ConfigError(f"optim.vision_lr_scale={cfg.optim.vision_lr_scale} must be > 0")
     if not cfg.data.sets:
         raise ConfigError("data.sets is empty")
-    if cfg.data.cards < 0:
-        raise ConfigError(f"data.cards={cfg.data.cards} must be >= 0")
+    if cfg.data.cards < 0 or cfg.data.pointers < 0:
+        raise ConfigError(f"data.cards={cfg.data.cards} and data.pointers={cfg.data.pointers} must be >= 0")
     for name, v in (("data.needle_frac", cfg.data.needle_frac), ("data.needle_mc_frac", cfg.data.needle_mc_frac),
                     ("data.mc_text_frac", cfg.data.mc_text_frac), ("data.pointer_text_frac", cfg.data.pointer_text_frac),
                     ("data.code_repeat_frac", cfg.data.code_repeat_frac),

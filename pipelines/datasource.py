@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from longvila.pipelines.config import Phase
+from longvila.pipelines.config import POINTER_FORMS, Phase
 
 log = logging.getLogger(__name__)
 _PLACEHOLDER = re.compile(r"<video>|<image>")
@@ -290,22 +290,33 @@ def option_texts(pool: tuple[dict[str, Any], ...]) -> tuple[str, ...]:
     return tuple(sorted(t for t in out if t))
 
 
-def pointer_sample(rng: np.random.Generator, processor, texts: tuple[str, ...], header: bool = True) -> dict[str, Any]:
-    """A text pointer question in the VideoMME prompt: four options drawn from ``texts``, "Which option is W?"
-    for one of them, answered with its letter; the loss falls on the letter alone (the end-of-turn token is not
-    a label). It teaches the letter binding of the multiple-choice protocol (find the option that says W,
-    answer the letter written before it) on its own, apart from perception; plain text, so it carries to any
-    tokenizer and LLM. ``header=False`` leaves out the VideoMME instruction line (half the tokens: the cheap
-    first level of the curriculum). Returns what ``encode_sample`` returns (no frames)."""
+def pointer_sample(rng: np.random.Generator, processor, texts: tuple[str, ...], form: str = "videomme") -> dict[str, Any]:
+    """A text pointer question: four options drawn from ``texts``, "Which option is W?" for one of them,
+    answered with its letter; the loss falls on the letter alone (the end-of-turn token is not a label). It
+    teaches the letter binding of the multiple-choice protocol (find the option that says W, answer the letter
+    written before it) on its own, apart from perception; plain text, so it carries to any tokenizer and LLM.
+    ``form`` (``POINTER_FORMS``): "videomme" is the VideoMME chat prompt; "no-header" leaves out its instruction
+    line; "oneline" is one line without chat template or line breaks ("which option is W? A. w1 B. w2 C. w3
+    D. w4" then " A"), the form a randomly initialised LLM leaves the chance plateau in (docs/recipe.md).
+    Returns what ``encode_sample`` returns (no frames)."""
     from longvila.data import questions as Q
 
+    if form not in POINTER_FORMS:
+        raise ValueError(f"pointer question form {form!r}: choose one of {', '.join(POINTER_FORMS)}")
     if len(texts) < 4:
         raise ValueError(f"pointer questions need at least 4 option texts, got {len(texts)}")
     opts = [texts[i] for i in rng.choice(len(texts), 4, replace=False)]
     k = int(rng.integers(4))
+    sid = f"pointer-{Q.LETTERS[k]}-{opts[k]}"
+    if form == "oneline":
+        text = f"which option is {opts[k]}? " + " ".join(f"{Q.LETTERS[i]}. {o}" for i, o in enumerate(opts))
+        ids = processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+        letter = processor.tokenizer(f" {Q.LETTERS[k]}", add_special_tokens=False)["input_ids"]
+        return {"input_ids": torch.tensor(ids + letter), "labels": torch.tensor([-100] * len(ids) + letter),
+                "pixel_values": None, "num_frames": [], "id": sid, "truncated": False}
     options = [f"{Q.LETTERS[i]}. {o}" for i, o in enumerate(opts)]
     prompt = Q.mc_prompt(POINTER_QUESTION.format(opts[k]), options)
-    if not header:
+    if form == "no-header":
         prompt = prompt.removeprefix(Q.MC_HEADER + "\n")
     conv = [{"from": "human", "value": prompt},
             {"from": "gpt", "value": Q.LETTERS[k]}]
@@ -315,7 +326,7 @@ def pointer_sample(rng: np.random.Generator, processor, texts: tuple[str, ...], 
 
     labels[labels == processor.tokenizer.convert_tokens_to_ids(IM_END)] = -100
     return {"input_ids": enc["input_ids"], "labels": labels, "pixel_values": None, "num_frames": [],
-            "id": f"pointer-{Q.LETTERS[k]}-{opts[k]}", "truncated": False}
+            "id": sid, "truncated": False}
 
 
 def mc_candidates(pool: tuple[dict[str, Any], ...]) -> tuple[tuple[int, int], ...]:
@@ -368,7 +379,7 @@ def stream(data_root: str | Path, sets: tuple[str, ...], phase: Phase, seed: int
            needle_mc_frac: float = 0.0, loss_weighting: str = "token",
            mc_text_frac: float = 0.0, needle_hand_frac: float = 0.5,
            cards: int = 0, code_repeat_frac: float = 0.0,
-           pointer_text_frac: float = 0.0) -> Iterator[dict[str, Any]]:
+           pointer_text_frac: float = 0.0, pointers: int = 0) -> Iterator[dict[str, Any]]:
     """Endless micro-batches of a dp rank, starting at micro-batch ``skip`` (see the module docstring).
 
     Micro-batch m holds the samples at stream positions [m*B, (m+1)*B); a sample that fails to decode is
@@ -377,18 +388,22 @@ def stream(data_root: str | Path, sets: tuple[str, ...], phase: Phase, seed: int
     ``needle_mc_frac`` share of them in the multiple-choice form and a ``needle_hand_frac`` share handwritten.
     ``loss_weighting``: see ``pack``.
     ``mc_text_frac``: the fraction replaced by ``mc_text_sample``s (multiple choice on a written description).
-    ``cards``: freshly drawn code cards added to every micro-batch (``card_sample``; handwritten at
-    ``needle_hand_frac``, asked in the multiple-choice form at ``needle_mc_frac``).
+    ``cards``: freshly drawn code cards added to every micro-batch of a phase with frames (``card_sample``;
+    handwritten at ``needle_hand_frac``, asked in the multiple-choice form at ``needle_mc_frac``); a text-only
+    phase (``frames=0``) has none.
     ``code_repeat_frac``: the share of needle and fresh-card codes that repeat a digit (``world.random_code``).
     ``phase.pointer``: the fraction replaced by ``pointer_sample``s, a ``pointer_text_frac`` share of them over the
-    sets' option texts (``option_texts``), the rest over single words (``pointer_words``).
+    sets' option texts (``option_texts``), the rest over single words (``pointer_words``), in ``phase.form``.
+    ``pointers``: pointer questions added to every micro-batch besides (the same mix and form), which keep the
+    binding through phases that teach something else.
     """
     from longvila.data.video_io import VideoError
 
     pool = load_pool(str(data_root), tuple(sets))
     mc_cands = mc_candidates(pool) if mc_text_frac else ()
-    ptr_texts = option_texts(pool) if phase.pointer and pointer_text_frac else ()
-    if phase.pointer and pointer_text_frac and len(ptr_texts) < 4:
+    asks_pointers = bool(phase.pointer or pointers)
+    ptr_texts = option_texts(pool) if asks_pointers and pointer_text_frac else ()
+    if asks_pointers and pointer_text_frac and len(ptr_texts) < 4:
         raise ValueError(f"{data_root}: pointer questions over option texts need four-option questions in {sets}")
     m, skipped, truncated, seen = skip, 0, 0, 0
     while True:
@@ -403,10 +418,10 @@ def stream(data_root: str | Path, sets: tuple[str, ...], phase: Phase, seed: int
             items.append(mc_text_sample(pool, rng, processor, mc_cands))
         n_ptr = min(int(phase.pointer * phase.batch + rng.random()), phase.batch - n_needle - n_mc) \
             if phase.pointer else 0
-        for _ in range(n_ptr):
+        for _ in range(n_ptr + pointers):
             items.append(pointer_sample(rng, processor, ptr_texts if rng.random() < pointer_text_frac
-                                        else pointer_words()))
-        for _ in range(cards):
+                                        else pointer_words(), phase.form))
+        for _ in range(cards if phase.frames else 0):
             items.append(card_sample(rng, processor, processor.settings.image_size, needle_hand_frac,
                                      mc_frac=needle_mc_frac, repeat_frac=code_repeat_frac))
         for i in rank_order(len(pool), seed, dp_rank, dp, m * phase.batch, phase.batch - n_needle - n_mc - n_ptr):

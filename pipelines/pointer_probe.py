@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from longvila.pipelines.config import POINTER_FORMS as FORMS
 from longvila.utils import atomic_write_json
 
 
@@ -48,20 +49,6 @@ def _texts(kind: str, data: str | None) -> tuple[str, ...]:
             raise ValueError(f"{data}: fewer than four distinct option texts")
         return texts
     raise ValueError(f"--texts {kind!r}: choose words, codes or options")
-
-
-def oneline_sample(rng: np.random.Generator, processor, texts: tuple[str, ...]) -> dict:
-    """The outside probe's form: "which option is W? A. w1 B. w2 C. w3 D. w4" then the letter, one line, no chat
-    template and no instruction (``--form oneline``); the loss on the letter."""
-    from longvila.data.questions import LETTERS
-
-    opts = [texts[i] for i in rng.choice(len(texts), 4, replace=False)]
-    k = int(rng.integers(4))
-    text = f"which option is {opts[k]}? " + " ".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(opts))
-    ids = processor.tokenizer(text, add_special_tokens=False)["input_ids"]
-    letter = processor.tokenizer(f" {LETTERS[k]}", add_special_tokens=False)["input_ids"]
-    labels = [-100] * len(ids) + letter
-    return {"input_ids": torch.tensor(ids + letter), "labels": torch.tensor(labels)}
 
 
 def _batch(items: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -87,7 +74,6 @@ def _accuracy(llm, batches) -> float:
     return right / total
 
 
-FORMS = ("videomme", "no-header", "oneline")
 
 
 def run(steps: int = 1500, batch: int = 64, lr: float = 1e-3, warmup: int = 100, texts: str = "words",
@@ -129,9 +115,7 @@ def run(steps: int = 1500, batch: int = 64, lr: float = 1e-3, warmup: int = 100,
     model = LongVILAForCausalLM.from_pretrained(init) if init else LongVILAForCausalLM(tiny_config())
     llm, proc = model.language_model, LongVILAProcessor.from_config(model.config)
     def make(rng, kind):
-        if kind == "oneline":
-            return oneline_sample(rng, proc, pool)
-        return ds.pointer_sample(rng, proc, pool, header=kind == "videomme")
+        return ds.pointer_sample(rng, proc, pool, kind)
 
     held = np.random.default_rng([POINTER_EVAL_SEED, 1])
     evals = {kind: [_batch([make(held, kind) for _ in range(min(128, eval_questions - i))])

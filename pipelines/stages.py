@@ -107,7 +107,7 @@ def mmsp_loss(model, batch: dict, ctx: Context) -> tuple[torch.Tensor, int]:
     from longvila.parallel.mmsp import mmsp_forward
 
     module = getattr(model, "module", model)  # a DeepSpeed engine wraps the model
-    out = mmsp_forward(module, to_model_device(batch, module), ctx.mesh)
+    out = mmsp_forward(module, to_model_device(batch, module), ctx.mesh, labelled_logits=True)
     return out.loss, (out.num_active if ctx.sp_rank == 0 else 0)
 
 
@@ -153,7 +153,7 @@ def make_task(cfg: StageConfig, data_root: str | Path) -> Task:
                                  needle_mc_frac=cfg.data.needle_mc_frac, loss_weighting=cfg.data.loss_weighting,
                                  mc_text_frac=cfg.data.mc_text_frac, needle_hand_frac=cfg.data.needle_hand_frac,
                                  cards=cfg.data.cards, code_repeat_frac=cfg.data.code_repeat_frac,
-                                 pointer_text_frac=cfg.data.pointer_text_frac)
+                                 pointer_text_frac=cfg.data.pointer_text_frac, pointers=cfg.data.pointers)
 
     def evaluate(model, ctx: Context) -> dict[str, Any]:
         from longvila.pipelines.evaluate import pointer_qa, short_video_qa

@@ -200,16 +200,21 @@ def mmsp_worker(rank: int, world: int, layouts: list) -> dict:
     from longvila.parallel.mmsp import mmsp_forward, reduce_sp_gradients
 
     results: dict[str, str] = {}
-    # (packed, log-n base, loss weights): log-n scaling depends on each token's global position in its own sample
-    variants = ((False, 0, False), (True, 0, False), (True, 6, False), (True, 0, True))
-    refs = {v: reference_step(*v) for v in variants}
+    # (packed, log-n base, loss weights, LM head at labelled positions only): log-n scaling depends on each
+    # token's global position in its own sample
+    variants = ((False, 0, False, False), (True, 0, False, False), (True, 6, False, False), (True, 0, True, False),
+                (False, 0, False, True), (True, 0, True, True))
+    refs = {v[:3]: reference_step(*v[:3]) for v in variants}
     for u, r in layouts:
         mesh = build_mesh(ParallelDims(dp=world // (u * r), sp_ulysses=u, sp_ring=r, world_size=world))
-        for packed, logn, weighted in variants:
-            def case(mesh=mesh, packed=packed, logn=logn, weighted=weighted):
+        for packed, logn, weighted, labelled in variants:
+            def case(mesh=mesh, packed=packed, logn=logn, weighted=weighted, labelled=labelled):
                 model = tiny_vlm(logn)
                 apply_sequence_parallel(model, mesh)
-                out = mmsp_forward(model, video_batch(model, packed, weighted=weighted), mesh)
+                out = mmsp_forward(model, video_batch(model, packed, weighted=weighted), mesh,
+                                   labelled_logits=labelled)
+                if labelled:  # the head ran at this shard's labelled positions alone
+                    assert out.logits.shape[1] == out.targets.shape[1] == int((out.targets != -100).any(0).sum())
                 out.loss.backward()
                 reduce_sp_gradients(model, mesh)
                 total = out.loss.detach().clone()
@@ -226,7 +231,7 @@ def mmsp_worker(rank: int, world: int, layouts: list) -> dict:
                 dist.all_gather(allc, counts, group=mesh.sp_group)
                 assert max(allc).item() - min(allc).item() <= 1, allc
             _check(results, f"U{u}R{r}-{'packed' if packed else 'batch2'}{'-logn' if logn else ''}"
-                            f"{'-weighted' if weighted else ''}", case)
+                            f"{'-weighted' if weighted else ''}{'-labelled' if labelled else ''}", case)
     return results
 
 

@@ -1,6 +1,6 @@
 """Whole-model equivalence: one MM-SP forward + backward of the tiny VLM on 2 and 4 ranks gives the
 one-process loss and the one-process gradient of every parameter (also with log-n attention scaling and
-with per-token loss weights)."""
+with per-token loss weights, and with the LM head run at the labelled positions alone)."""
 
 import pytest
 import sp_workers
@@ -23,7 +23,8 @@ def results():
 
 
 @pytest.mark.parametrize("world,u,r", [(w, u, r) for w, ls in LAYOUTS.items() for u, r in ls])
-@pytest.mark.parametrize("batch", ["batch2", "packed", "packed-logn", "packed-weighted"])
+@pytest.mark.parametrize("batch", ["batch2", "packed", "packed-logn", "packed-weighted", "batch2-labelled",
+                                   "packed-weighted-labelled"])
 def test_mmsp_step_matches_one_process(results, world, u, r, batch):
     for rank, res in enumerate(results[world]):
         assert res[f"U{u}R{r}-{batch}"] == "ok", f"rank {rank}: {res[f'U{u}R{r}-{batch}']}"

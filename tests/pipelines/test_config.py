@@ -53,6 +53,21 @@ def test_stage4_rope_follows_scaled_paper_table():
         apply_overrides(s4, ["model.context_length=10000000"])
 
 
+def test_the_letter_binding_is_taught_first_in_stage2_and_kept_after():
+    from longvila.pipelines.config import stage2
+
+    cur = stage2().data.curriculum
+    # text-only pointer phases on the fresh LLM: one plain line, then the VideoMME chat prompt; then captions
+    assert [(p.frames, p.pointer, p.form) for p in cur] == [(0, 1.0, "oneline"), (0, 1.0, "videomme"),
+                                                           (1, 0.0, "videomme")]
+    assert stage2().schedule.kind == "constant"  # the probe's schedule: the plateau is left at a fixed lr
+    assert stage3().data.curriculum == () and stage3().total_steps == stage3().schedule.steps
+    # pointer questions ride along in every later micro-batch, but for stage 4's long text (no option texts)
+    assert [get_stage(n).data.pointers for n in (2, 3, 4, 5)] == [2, 1, 0, 1]
+    assert stage3().data.pointer_text_frac == stage5().data.pointer_text_frac == 0.5
+    assert all(p.pointer == 0.0 for p in stage5().data.curriculum)
+
+
 def test_stage5_curriculum_grows_frames_and_shrinks_batch_within_limit():
     cur = stage5().data.curriculum
     long = cur[:-1]  # the last phase returns to short clips (reading consolidation)
@@ -69,12 +84,12 @@ def test_stage5_curriculum_grows_frames_and_shrinks_batch_within_limit():
 def test_overrides_are_typed():
     cfg = apply_overrides(stage3(), ["optim.lr=1e-4", "schedule.steps=7", "parallel.bf16=true",
                                      "data.sets=a,b", "seed=3", "schedule.kind=constant",
-                                     "data.curriculum=8:4:2,16:2:3,0:64:4:1.0"])
+                                     "data.curriculum=8:4:2,16:2:3,0:64:4:1.0:oneline", "data.pointers=2"])
     assert cfg.optim.lr == 1e-4 and isinstance(cfg.optim.lr, float)
     assert cfg.schedule.steps == 7 and isinstance(cfg.schedule.steps, int)
     assert cfg.parallel.bf16 is True and cfg.data.sets == ("a", "b") and cfg.seed == 3
-    assert cfg.data.curriculum == (Phase(8, 4, 2), Phase(16, 2, 3), Phase(0, 64, 4, pointer=1.0))
-    assert cfg.total_steps == 9 and isinstance(cfg.data.curriculum[2].pointer, float)
+    assert cfg.data.curriculum == (Phase(8, 4, 2), Phase(16, 2, 3), Phase(0, 64, 4, pointer=1.0, form="oneline"))
+    assert cfg.data.pointers == 2 and cfg.total_steps == 9 and isinstance(cfg.data.curriculum[2].pointer, float)
 
 
 @pytest.mark.parametrize("bad, match", [
@@ -93,10 +108,12 @@ def test_overrides_are_typed():
     ("data.loss_weighting=mean", "data.loss_weighting=.mean.: choose one of"),
     ("data.mc_text_frac=-0.1", "data.mc_text_frac=-0.1 must be in"),
     ("data.needle_hand_frac=2", "data.needle_hand_frac=2.0 must be in"),
-    ("data.cards=-1", "data.cards=-1 must be >= 0"),
+    ("data.cards=-1", "data.cards=-1 .* must be >= 0"),
+    ("data.pointers=-2", "data.pointers=-2 must be >= 0"),
+    ("data.curriculum=0:8:2:1.0:chat", r"data.curriculum\[0\]: pointer form 'chat'; choose one of videomme"),
     ("data.pointer_text_frac=1.5", "data.pointer_text_frac=1.5 must be in"),
     ("data.curriculum=8:4", "phase '8:4' is not frames:batch:steps"),
-    ("data.curriculum=8:4:2:half", "is not frames:batch:steps.:pointer."),
+    ("data.curriculum=8:4:2:half", "is not frames:batch:steps.:pointer.:form.."),
     ("data.curriculum=8:4:2:1.5", r"data.curriculum\[0\]=.*pointer in \[0, 1\]"),
     ("data.curriculum=8:0:2", r"data.curriculum\[0\]=.*batch >= 1"),
     ("model.dynamic_yarn_positions=-5", "model.dynamic_yarn_positions=-5 must be >= 0"),

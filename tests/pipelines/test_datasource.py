@@ -269,6 +269,29 @@ def test_stream_pointer_phase_replaces_that_share_of_each_batch(tmp_path):
     assert full["pixel_values"] is None and all(i.split("-", 2)[2] in ds.pointer_words() for i in full["sample_ids"])
 
 
+def test_stream_adds_pointers_in_the_phase_form_and_no_cards_to_a_text_only_phase(tmp_path):
+    from longvila.data import sets
+    from longvila.model import LongVILAProcessor, tiny_config
+    from longvila.pipelines.config import Phase
+
+    cfg = sets.BuildConfig()
+    cfg.short_sft.num_samples, cfg.short_sft.per_shard = 8, 8
+    sets.build(cfg, tmp_path, sets=("short_sft",), workers=1)
+    proc = LongVILAProcessor.from_config(tiny_config())
+    kw = dict(seed=0, skip=0, dp_rank=0, dp=1, seq_len=256, processor=proc)
+    b = next(ds.stream(tmp_path, ("short_sft",), Phase(8, 4, 1), pointers=2, cards=1, **kw))
+    ids = b["sample_ids"]
+    assert len(ids) == 7 and sum(i.startswith("pointer-") for i in ids) == 2  # 4 set samples, 2 pointers, 1 card
+    assert sum(i.startswith("card-") for i in ids) == 1
+    one = next(ds.stream(tmp_path, ("short_sft",), Phase(0, 3, 1, pointer=1.0, form="oneline"), cards=4, **kw))
+    assert len(one["sample_ids"]) == 3 and one["pixel_values"] is None  # text-only phase: no cards
+    text = proc.decode(one["input_ids"][0].tolist(), skip_special_tokens=False)
+    assert text.count("which option is ") == 3 and "<|im_start|>" not in text and "\n" not in text
+    assert int((one["labels"] != -100).sum()) == 3  # one letter per question
+    with pytest.raises(ValueError, match="choose one of videomme, no-header, oneline"):
+        ds.pointer_sample(np.random.default_rng(0), proc, ds.pointer_words(), "chat")
+
+
 def test_pointer_qa_scores_the_letter_of_each_held_out_question():
     """The held-out pointer evaluation: an oracle that reads the prompt scores 100%, a model that always
     answers "A" scores the share of A answers (about chance), and the questions are the same on every call."""

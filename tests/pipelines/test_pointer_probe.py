@@ -26,7 +26,7 @@ def test_oneline_form_labels_the_letter_of_the_asked_option():
 
     proc = LongVILAProcessor.from_config(tiny_config())
     for seed in range(8):
-        s = pointer_probe.oneline_sample(np.random.default_rng(seed), proc, ds.pointer_words())
+        s = ds.pointer_sample(np.random.default_rng(seed), proc, ds.pointer_words(), "oneline")
         text = proc.decode(s["input_ids"].tolist())
         assert "\n" not in text and "<|im_start|>" not in text
         w = text.split("which option is ", 1)[1].split("?", 1)[0]
