@@ -131,6 +131,10 @@ class ParallelCfg:
     timeout_s: int = 600  # process-group timeout
     attn_backend: str = "auto"  # block kernels: auto | torch | flash_attn | ring_flash_attn (parallel.backends)
     torch_adam: bool = False  # PyTorch's AdamW on GPU too (DeepSpeed's fused Adam otherwise; CPU always torch)
+    # the LM head and its cross-entropy at the labelled positions only (``mmsp_forward(labelled_logits=True)``):
+    # the same loss and gradients up to float rounding, 1.2x a step on a row of pointer questions; off in the
+    # published recipe, whose figures are bit-identical with the full head
+    labelled_logits: bool = False
 
 
 @dataclass(frozen=True)
@@ -252,21 +256,13 @@ def stage2() -> StageConfig:
         # the align captions too: half of them are code cards, which teach the LLM to read the digits off a
         # card's visual token (the needle evaluation and the code questions depend on it)
         # plus 4 freshly drawn cards per micro-batch: unlimited renderings to read from
-        # first the letter binding of the multiple-choice protocol, text only, while the LLM is fresh: pointer
-        # questions ("which option is W?", answered with its letter) on one plain line, then in the VideoMME chat
-        # prompt. Asked in the chat prompt from the start, the random LLM stays at chance through 1,500 steps;
-        # on one line it leaves the plateau (held-out 0.94 at 1,250 steps), and the binding then carries into the
-        # chat prompt (0.70 after 500 steps; docs/recipe.md#letters). Two pointer questions ride along in every
-        # later micro-batch (and in the later stages' too) to keep it
-        data=replace(s.data, sets=("align", "pretrain"), seq_len=512, batch=16, cards=4, pointers=2,
-                     curriculum=(Phase(frames=0, batch=32, steps=1250, pointer=1.0, form="oneline"),
-                                 Phase(frames=0, batch=32, steps=500, pointer=1.0),
-                                 Phase(frames=1, batch=16, steps=2000))),
+        # the letter-binding curriculum (text-only pointer phases first: POINTER_CURRICULUM) is not in the
+        # recipe: taught before the captions, it halved held-out QA after stage 3 (docs/recipe.md#letters)
+        data=replace(s.data, sets=("align", "pretrain"), seq_len=512, batch=16, cards=4),
         optim=replace(s.optim, lr=1e-3, weight_decay=0.01),
         # constant lr: reading codes starts only after a ~300-step plateau, and a cosine decay over 800 steps
-        # ended it before that (per-digit accuracy at chance, 10%); constant gave 40-56% held-out. The warm-up
-        # of the pointer probe that measured the binding (100 steps)
-        schedule=replace(s.schedule, warmup_steps=100, kind="constant"),
+        # ended it before that (per-digit accuracy at chance, 10%); constant gave 40-56% held-out
+        schedule=replace(s.schedule, steps=2000, warmup_steps=10, kind="constant"),
         vision_pretrain=VisionPretrainCfg(),  # stages after 1 start from a checkpoint
     )
 
@@ -284,9 +280,8 @@ def stage3() -> StageConfig:
         # square loss averaging (kept by stages 4 and 5): one-word answers are not drowned by the long captions
         # packed beside them (with 2,000 cosine steps: held-out QA after stage 5 41.7% -> 45.0%, needle grid
         # 60.5% -> 67.5%)
-        # one pointer question per micro-batch, half of them over the set's option texts (kept by stage 5)
         data=replace(s.data, sets=("short_sft",), frames=32, batch=8, needle_frac=0.5, cards=2,
-                     loss_weighting="square", curriculum=(), pointers=1, pointer_text_frac=0.5),
+                     loss_weighting="square"),
         # the tower at a tenth of the lr: at the full lr the LM loss collapsed its features (output spread
         # across images 1.18 -> 0.22) and QA stayed at chance; 0.1 keeps them (1.11), as VILA's lower tower lr
         optim=replace(s.optim, lr=1e-3, vision_lr_scale=0.1),
@@ -313,8 +308,7 @@ def stage4() -> StageConfig:
             # longest video, and the slower rotation keeps those distances closer to trained ones
             context_length=16384,
         ),
-        data=replace(s.data, sets=("context_ext",), frames=0, seq_len=8192, batch=1, needle_frac=0.0, cards=0,
-                     pointers=0),
+        data=replace(s.data, sets=("context_ext",), frames=0, seq_len=8192, batch=1, needle_frac=0.0, cards=0),
         optim=replace(s.optim, lr=3e-4),
         schedule=replace(s.schedule, steps=30, warmup_steps=3, kind="constant"),
         parallel=replace(s.parallel, sp_ring=2),
@@ -348,7 +342,6 @@ def stage5() -> StageConfig:
             # repeating a digit: reading alone 97.1% -> 99.6% of 1,000 held-out printed cards with the final
             # short phase below, and the "778" -> "777" slips (the next cell guessed from the digits written) gone
             cards=6,
-            pointers=1,
             code_repeat_frac=0.5,
             max_turns=2,
             curriculum=(
@@ -374,6 +367,17 @@ def stage5() -> StageConfig:
         checkpoint=replace(s.checkpoint, every_steps=50),
         eval=EvalCfg(set="short_sft_eval", frames=32),
     )
+
+
+# The letter-binding curriculum measured by make all on 2026-12-03 (docs/recipe.md#letters-the-pointer-curriculum-in-make-all),
+# as --set overrides of ``longvila train all``: stage 2 first teaches text pointer questions on one line, then in
+# the VideoMME chat prompt (32 per rank, text only), then trains on its captions with two pointer questions in
+# every micro-batch; stages 3 and 5 keep one per micro-batch, half over the sets' option texts.
+POINTER_CURRICULUM = (
+    "2:data.curriculum=0:32:1250:1.0:oneline,0:32:500:1.0:videomme,1:16:2000", "2:data.pointers=2",
+    "2:schedule.warmup_steps=100", "3:data.pointers=1", "3:data.pointer_text_frac=0.5",
+    "5:data.pointers=1", "5:data.pointer_text_frac=0.5",
+)
 
 
 STAGES = {1: stage1, 2: stage2, 3: stage3, 4: stage4, 5: stage5}

@@ -102,12 +102,13 @@ def setup(model, ctx: Context, attn_backend: str = "auto") -> None:
     apply_sequence_parallel(model, ctx.mesh, attn_backend)
 
 
-def mmsp_loss(model, batch: dict, ctx: Context) -> tuple[torch.Tensor, int]:
-    """The rank's MM-SP loss (local CE sum / the SP group's active targets) and its token count."""
+def mmsp_loss(model, batch: dict, ctx: Context, labelled_logits: bool = False) -> tuple[torch.Tensor, int]:
+    """The rank's MM-SP loss (local CE sum / the SP group's active targets) and its token count
+    (``labelled_logits``: the LM head at labelled positions only, ``parallel.labelled_logits``)."""
     from longvila.parallel.mmsp import mmsp_forward
 
     module = getattr(model, "module", model)  # a DeepSpeed engine wraps the model
-    out = mmsp_forward(module, to_model_device(batch, module), ctx.mesh, labelled_logits=True)
+    out = mmsp_forward(module, to_model_device(batch, module), ctx.mesh, labelled_logits=labelled_logits)
     return out.loss, (out.num_active if ctx.sp_rank == 0 else 0)
 
 
@@ -167,7 +168,7 @@ def make_task(cfg: StageConfig, data_root: str | Path) -> Task:
         build_model=build,
         modules=modules,
         batches=batches,
-        loss=mmsp_loss,
+        loss=lambda model, batch, ctx: mmsp_loss(model, batch, ctx, cfg.parallel.labelled_logits),
         save=save,
         evaluate=evaluate if cfg.eval.set else None,
         setup=lambda model, ctx: setup(model, ctx, cfg.parallel.attn_backend),

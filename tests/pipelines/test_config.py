@@ -53,19 +53,20 @@ def test_stage4_rope_follows_scaled_paper_table():
         apply_overrides(s4, ["model.context_length=10000000"])
 
 
-def test_the_letter_binding_is_taught_first_in_stage2_and_kept_after():
-    from longvila.pipelines.config import stage2
+def test_the_pointer_curriculum_overrides_give_the_measured_variant():
+    from longvila.pipelines.config import POINTER_CURRICULUM, stage2
 
-    cur = stage2().data.curriculum
+    assert stage2().data.curriculum == () and stage2().data.pointers == 0  # not in the published recipe
+    assert not get_stage(1).parallel.labelled_logits  # the full LM head: published figures bit-identical
+    cfg = {n: apply_overrides(get_stage(n), [o.split(":", 1)[1] for o in POINTER_CURRICULUM
+                                             if o.startswith(f"{n}:")]) for n in (2, 3, 5)}
     # text-only pointer phases on the fresh LLM: one plain line, then the VideoMME chat prompt; then captions
-    assert [(p.frames, p.pointer, p.form) for p in cur] == [(0, 1.0, "oneline"), (0, 1.0, "videomme"),
-                                                           (1, 0.0, "videomme")]
-    assert stage2().schedule.kind == "constant"  # the probe's schedule: the plateau is left at a fixed lr
-    assert stage3().data.curriculum == () and stage3().total_steps == stage3().schedule.steps
-    # pointer questions ride along in every later micro-batch, but for stage 4's long text (no option texts)
-    assert [get_stage(n).data.pointers for n in (2, 3, 4, 5)] == [2, 1, 0, 1]
-    assert stage3().data.pointer_text_frac == stage5().data.pointer_text_frac == 0.5
-    assert all(p.pointer == 0.0 for p in stage5().data.curriculum)
+    assert [(p.frames, p.pointer, p.form) for p in cfg[2].data.curriculum] == [
+        (0, 1.0, "oneline"), (0, 1.0, "videomme"), (1, 0.0, "videomme")]
+    assert cfg[2].total_steps == 3750 and cfg[2].schedule.kind == "constant"
+    assert [cfg[n].data.pointers for n in (2, 3, 5)] == [2, 1, 1]
+    assert cfg[3].data.pointer_text_frac == cfg[5].data.pointer_text_frac == 0.5
+    assert cfg[5].data.curriculum == stage5().data.curriculum
 
 
 def test_stage5_curriculum_grows_frames_and_shrinks_batch_within_limit():
