@@ -257,7 +257,7 @@ def stage2() -> StageConfig:
         # card's visual token (the needle evaluation and the code questions depend on it)
         # plus 4 freshly drawn cards per micro-batch: unlimited renderings to read from
         # the letter-binding curriculum (text-only pointer phases first: POINTER_CURRICULUM) is not in the
-        # recipe: taught before the captions, it halved held-out QA after stage 3 (docs/recipe.md#letters)
+        # recipe: taught before the captions, it halved held-out QA after stage 3 (docs/recipe.md#letters-the-pointer-curriculum-in-make-all)
         data=replace(s.data, sets=("align", "pretrain"), seq_len=512, batch=16, cards=4),
         optim=replace(s.optim, lr=1e-3, weight_decay=0.01),
         # constant lr: reading codes starts only after a ~300-step plateau, and a cosine decay over 800 steps
