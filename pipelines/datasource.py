@@ -409,7 +409,8 @@ def stream(data_root: str | Path, sets: tuple[str, ...], phase: Phase, seed: int
     while True:
         items = []
         rng = np.random.default_rng([seed, dp_rank, m, 7])
-        n_needle = int(needle_frac * phase.batch + rng.random()) if needle_frac else 0
+        # a text-only phase (frames=0) draws no needle videos either
+        n_needle = int(needle_frac * phase.batch + rng.random()) if needle_frac and phase.frames else 0
         for _ in range(n_needle):
             items.append(needle_sample(pool, phase.frames, rng, processor, mc_frac=needle_mc_frac,
                                        hand_frac=needle_hand_frac, repeat_frac=code_repeat_frac))
