@@ -65,7 +65,7 @@ class Phase:
     ``pointer`` of each micro-batch are text pointer questions (``datasource.pointer_sample``: which option is
     W? answered with its letter), the letter binding of the multiple-choice protocol taught on its own, asked
     in ``form`` (``datasource.POINTER_FORMS``: the VideoMME chat prompt, it without the instruction line, or
-    one plain line). ``frames=0`` is a text-only phase (no fresh cards either)."""
+    one plain line). ``frames=0`` is a text-only phase (no fresh cards or needles either)."""
 
     frames: int
     batch: int

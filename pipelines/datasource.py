@@ -405,12 +405,13 @@ def stream(data_root: str | Path, sets: tuple[str, ...], phase: Phase, seed: int
     ptr_texts = option_texts(pool) if asks_pointers and pointer_text_frac else ()
     if asks_pointers and pointer_text_frac and len(ptr_texts) < 4:
         raise ValueError(f"{data_root}: pointer questions over option texts need four-option questions in {sets}")
+    if not phase.frames:  # a text-only phase draws no videos: no needles, no fresh cards
+        needle_frac, cards = 0.0, 0
     m, skipped, truncated, seen = skip, 0, 0, 0
     while True:
         items = []
         rng = np.random.default_rng([seed, dp_rank, m, 7])
-        # a text-only phase (frames=0) draws no needle videos either
-        n_needle = int(needle_frac * phase.batch + rng.random()) if needle_frac and phase.frames else 0
+        n_needle = int(needle_frac * phase.batch + rng.random()) if needle_frac else 0
         for _ in range(n_needle):
             items.append(needle_sample(pool, phase.frames, rng, processor, mc_frac=needle_mc_frac,
                                        hand_frac=needle_hand_frac, repeat_frac=code_repeat_frac))
@@ -422,7 +423,7 @@ def stream(data_root: str | Path, sets: tuple[str, ...], phase: Phase, seed: int
         for _ in range(n_ptr + pointers):
             items.append(pointer_sample(rng, processor, ptr_texts if rng.random() < pointer_text_frac
                                         else pointer_words(), phase.form))
-        for _ in range(cards if phase.frames else 0):
+        for _ in range(cards):
             items.append(card_sample(rng, processor, processor.settings.image_size, needle_hand_frac,
                                      mc_frac=needle_mc_frac, repeat_frac=code_repeat_frac))
         for i in rank_order(len(pool), seed, dp_rank, dp, m * phase.batch, phase.batch - n_needle - n_mc - n_ptr):

@@ -285,13 +285,13 @@ def test_stream_adds_pointers_in_the_phase_form_and_no_cards_to_a_text_only_phas
     assert sum(i.startswith("card-") for i in ids) == 1
     one = next(ds.stream(tmp_path, ("short_sft",), Phase(0, 3, 1, pointer=1.0, form="oneline"), cards=4, **kw))
     assert len(one["sample_ids"]) == 3 and one["pixel_values"] is None  # text-only phase: no cards
+    text = proc.decode(one["input_ids"][0].tolist(), skip_special_tokens=False)
+    assert text.count("which option is ") == 3 and "<|im_start|>" not in text and "\n" not in text
+    assert int((one["labels"] != -100).sum()) == 3  # one letter per question
     # nor needle videos: stage 5's needle share (0.5) must not ask a text-only phase for 0-frame needles
     nd = next(ds.stream(tmp_path, ("short_sft",), Phase(0, 4, 1, pointer=1.0), cards=6, needle_frac=0.5, **kw))
     assert len(nd["sample_ids"]) == 4 and nd["pixel_values"] is None
     assert all(i.startswith("pointer-") for i in nd["sample_ids"])
-    text = proc.decode(one["input_ids"][0].tolist(), skip_special_tokens=False)
-    assert text.count("which option is ") == 3 and "<|im_start|>" not in text and "\n" not in text
-    assert int((one["labels"] != -100).sum()) == 3  # one letter per question
     with pytest.raises(ValueError, match="choose one of videomme, no-header, oneline"):
         ds.pointer_sample(np.random.default_rng(0), proc, ds.pointer_words(), "chat")
 
