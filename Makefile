@@ -49,11 +49,11 @@ train-all-stages: setup
 
 # printed needle cards (the retrieval test), then cards handwritten by held-out writers (reading as well)
 needle: setup
-	$(LV) eval needle --ckpt $(ART)/ckpt/stage5 --frames $(FRAMES) --nproc $(NPROC) --out $(ART)/eval/needle
-	$(LV) eval needle --ckpt $(ART)/ckpt/stage5 --frames $(FRAMES) --nproc $(NPROC) --style hand --out $(ART)/eval/needle-hand
+	$(LV) eval needle --ckpt $(ART)/ckpt/stage5 --frames $(FRAMES) --nproc $(NPROC) --publish --out $(ART)/eval/needle
+	$(LV) eval needle --ckpt $(ART)/ckpt/stage5 --frames $(FRAMES) --nproc $(NPROC) --style hand --publish --out $(ART)/eval/needle-hand
 
 videomme: setup
-	$(LV) eval videomme --ckpt $(ART)/ckpt/stage5 --out $(ART)/eval/videomme
+	$(LV) eval videomme --ckpt $(ART)/ckpt/stage5 --publish --out $(ART)/eval/videomme
 
 # lmms-eval on the embedded VideoMME-format tasks (after `make videomme`, which writes the benchmark):
 # letters (generation), then option likelihood (multiple_choice, which needs lmms-eval's simple model path)

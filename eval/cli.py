@@ -69,8 +69,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="training cards of the reference reader (a pixel SVM); 0 skips it")
     n.add_argument("--style", default="print", choices=CARD_STYLES,
                    help="needle cards printed, or handwritten by held-out writers")
+    n.add_argument("--publish", action="store_true",
+                   help="also write the leaderboard result (leaderboards/results, or $LONGVILA_RESULTS_DIR)")
     n.add_argument("--result-name", default=None,
-                   help="leaderboard result name (default needle-FRAMES, -hand for handwriting; '' to skip)")
+                   help="with --publish: the result's name (default needle-FRAMES, -hand for handwriting)")
     n.add_argument("--level", default="auto", choices=("auto", *LEVELS),
                    help="embedding: encode the haystack once and swap the needle's tokens in (where the adapter "
                         "allows); frame: place the needle among the frames and encode each row (every adapter)")
@@ -92,7 +94,10 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--limit", type=int, default=None, help="first N questions only")
     v.add_argument("--no-blind", action="store_true")
     v.add_argument("--no-likelihood", action="store_true", help="skip option-likelihood scoring (letters only)")
-    v.add_argument("--result-name", default=None)
+    v.add_argument("--publish", action="store_true",
+                   help="also write the leaderboard result (leaderboards/results, or $LONGVILA_RESULTS_DIR)")
+    v.add_argument("--result-name", default=None,
+                   help="with --publish: the result's name (default videomme, videomme-real with --videomme-root)")
     v.add_argument("--out", required=True)
     b = sub.add_parser("build-videomme", help="write the embedded benchmark in the Video-MME layout")
     b.add_argument("--out", required=True)
@@ -128,12 +133,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, command: str) -> int:
+    if getattr(args, "result_name", None) is not None and not args.publish:
+        raise ValueError("--result-name names a published leaderboard result: add --publish")
     if args.cmd == "needle":
         from longvila.eval import needle
 
         cfg = needle.NeedleConfig(out=args.out, frames=args.frames, steps=args.steps, needles=args.needles,
                                   seed=args.seed, video=args.video, controls=not args.no_controls,
-                                  nproc=args.nproc, result_name=args.result_name, command=command,
+                                  nproc=args.nproc, publish=args.publish, result_name=args.result_name,
+                                  command=command,
                                   reference_cards=args.reference_cards, reference_frames=args.reference_frames,
                                   style=args.style, model_type=args.model, level=args.level, depths=args.depths,
                                   needle_set=args.needle_set, string_match=args.string_match)
@@ -172,7 +180,7 @@ def _run(args: argparse.Namespace, command: str) -> int:
             lmms_model_args=args.lmms_model_args, lmms_frames_arg=args.lmms_frames_arg,
             embedded=videomme.EmbeddedConfig(out=str(Path(args.out) / "bench"),
                                              videos_per_duration=args.videos_per_duration),
-            result_name=args.result_name, command=command)
+            publish=args.publish, result_name=args.result_name, command=command)
         s = videomme.run(cfg, ckpt=args.ckpt)
         keys = ["all", "duration/short", "duration/medium", "duration/long"]
         print(f"videomme ({s['model_type']} {s['model_hash']}): {s['questions']} questions, chance {s['chance']:.2f}, "

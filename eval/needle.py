@@ -74,7 +74,8 @@ class NeedleConfig:
     cache_dir: str | None = None  # frame-embedding cache (default: <out>/cache)
     controls: bool = True
     nproc: int = 1
-    result_name: str | None = None  # leaderboard result name (default needle-<frames>); "" skips it
+    publish: bool = False  # also write the leaderboard result (leaderboards/results or $LONGVILA_RESULTS_DIR)
+    result_name: str | None = None  # its name when publishing (default needle-<frames>); "" skips it
     command: str | None = None
     min_frames: int | None = None  # smallest count (default frames/steps)
     # training cards of the reference reader (a pixel SVM, see reference_reader_accuracy); 0 skips it
@@ -519,7 +520,7 @@ def write_outputs(cfg: NeedleConfig, summary: dict, lm: VideoLM) -> None:
     ax.legend(fontsize=7)
     curve = save_figure(fig, out / "per_frames.png")
     name = cfg.result_name if cfg.result_name is not None else default_result_name(cfg)
-    if name:
+    if cfg.publish and name:
         from longvila.leaderboards.results import write_result
 
         metrics = {"accuracy": summary["accuracy"], "control": summary["control_accuracy"], "frames": cfg.frames}

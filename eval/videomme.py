@@ -208,7 +208,8 @@ class VideoMMEConfig:
     lmms_model: str | None = None  # instead of an adapter: any lmms-eval model (eval/lmms_bridge.py)
     lmms_model_args: str = ""  # its model_args, e.g. "pretrained=PATH,max_frames_num=8"
     lmms_frames_arg: str | None = None  # the lmms-eval model's frame-count attribute (default: known per model)
-    result_name: str | None = None  # default "videomme" (embedded) / "videomme-real"; "" skips it
+    publish: bool = False  # also write the leaderboard result (leaderboards/results or $LONGVILA_RESULTS_DIR)
+    result_name: str | None = None  # its name when publishing: default "videomme" / "videomme-real"; "" skips it
     command: str | None = None
 
 
@@ -361,7 +362,7 @@ def write_outputs(cfg: VideoMMEConfig, summary: dict, lm: VideoLM) -> None:
     ax.legend(fontsize=7)
     curve = save_figure(fig, out / "curve.png")
     name = cfg.result_name if cfg.result_name is not None else ("videomme-real" if cfg.root else "videomme")
-    if not name:
+    if not (cfg.publish and name):
         return
     from longvila.leaderboards.results import write_result
 

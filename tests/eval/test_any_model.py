@@ -26,7 +26,7 @@ def test_needle_grid_and_sweep_through_one_cli(arch, tiny_ckpt, tiny_hf, tmp_pat
     out = tmp_path / "needle"
     rc = cli.main(["needle", "--model", arch, "--ckpt", str(ckpt), "--frames", "12", "--steps", "3",
                    "--depths", "0,0.5,1", "--needles", "2", "--reference-cards", "40", "--reference-frames", "6",
-                   "--out", str(out)])
+                   "--publish", "--out", str(out)])
     assert rc == 0
     s = json.loads((out / "needle.json").read_text())
     lm = load_adapter(arch, ckpt)
@@ -44,7 +44,7 @@ def test_needle_grid_and_sweep_through_one_cli(arch, tiny_ckpt, tiny_hf, tmp_pat
     assert f"model {arch} {lm.model_hash}" in capsys.readouterr().out
     vm = tmp_path / "vm"
     rc = cli.main(["videomme", "--model", arch, "--ckpt", str(ckpt), "--frames", "4,8", "--videos-per-duration", "1",
-                   "--limit", "4", "--out", str(vm)])
+                   "--limit", "4", "--publish", "--out", str(vm)])
     assert rc == 0
     v = json.loads((vm / "videomme.json").read_text())
     assert v["model_type"] == arch and v["questions"] == 4 and set(v["table"]) == {"4", "8"}
@@ -236,7 +236,7 @@ def test_sweep_through_the_lmms_bridge(tiny_hf, tmp_path):
     ckpt = tiny_hf("llava_onevision")
     rc = cli.main(["videomme", "--lmms-model", "llava_hf", "--lmms-model-args",
                    f"pretrained={ckpt},device=cpu,device_map=cpu", "--frames", "2,4", "--videos-per-duration", "1",
-                   "--limit", "3", "--out", str(tmp_path / "vm")])
+                   "--limit", "3", "--publish", "--out", str(tmp_path / "vm")])
     assert rc == 0
     v = json.loads((tmp_path / "vm" / "videomme.json").read_text())
     assert v["model_type"] == "lmms:llava_hf" and v.get("table_ll") is None and set(v["table"]) == {"2", "4"}

@@ -11,7 +11,7 @@ from longvila.eval import cli
 def test_needle_command(tiny_ckpt, tmp_path, capsys):
     out = tmp_path / "needle"
     rc = cli.main(["needle", "--ckpt", str(tiny_ckpt), "--frames", "20", "--steps", "2", "--needles", "2",
-                   "--out", str(out)])
+                   "--publish", "--out", str(out)])
     assert rc == 0
     text = capsys.readouterr().out
     summary = json.loads((out / "needle.json").read_text())
@@ -29,7 +29,7 @@ def test_needle_command_handwritten_cards(tiny_ckpt, tmp_path, capsys):
 
     out = tmp_path / "needle-hand"
     rc = cli.main(["needle", "--ckpt", str(tiny_ckpt), "--frames", "20", "--steps", "1", "--needles", "2",
-                   "--no-controls", "--style", "hand", "--out", str(out)])
+                   "--no-controls", "--style", "hand", "--publish", "--out", str(out)])
     assert rc == 0 and "needle (hand): accuracy" in capsys.readouterr().out
     res = json.loads((tmp_path / "results" / "needle-20-hand.json").read_text())
     assert res["config"]["style"] == "hand" and not (tmp_path / "results" / "needle-20.json").exists()
@@ -55,6 +55,14 @@ def test_videomme_command_embedded(tiny_ckpt, tmp_path, capsys, monkeypatch):
     s = json.loads((tmp_path / "vm" / "videomme.json").read_text())
     assert s["questions"] == 3 and s["frames"] == [4, 8] and "blind" in text
     assert (tmp_path / "vm" / "bench" / "videomme.json").is_file()
+    # without --publish an evaluation leaves the leaderboard alone: evaluating another model, or another
+    # checkpoint of ours, into its own --out never overwrites the published videomme.json
+    assert not (tmp_path / "results").exists()
+    rc = cli.main(["videomme", "--ckpt", str(tiny_ckpt), "--frames", "4,8", "--videos-per-duration", "1",
+                   "--publish", "--result-name", "videomme-tiny", "--out", str(tmp_path / "vm")])
+    assert rc == 0 and sorted(p.name for p in (tmp_path / "results").glob("*.json")) == ["videomme-tiny.json"]
+    res = json.loads((tmp_path / "results" / "videomme-tiny.json").read_text())
+    assert res["metrics"]["acc@8"] == s["table"]["8"]["all"] and "--publish" in res["command"]
 
 
 def test_bad_inputs(tmp_path, tiny_ckpt, capsys):
@@ -66,6 +74,8 @@ def test_bad_inputs(tmp_path, tiny_ckpt, capsys):
     assert "nope: Video-MME folder not found" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["videomme", "--ckpt", str(tmp_path), "--frames", "8,x", "--out", str(tmp_path / "o")])
+    assert cli.main(["needle", "--ckpt", str(tiny_ckpt), "--result-name", "mine", "--out", str(tmp_path / "o")]) == 2
+    assert "--result-name names a published leaderboard result: add --publish" in capsys.readouterr().err
 
 
 def test_registry():

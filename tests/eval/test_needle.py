@@ -118,7 +118,7 @@ def test_grid_oracle_and_control(tiny_lm, tmp_path, monkeypatch):
         return torch.where(torch.tensor(ok)[:, None], targets, wrong)  # predicted answer ids
 
     monkeypatch.setattr(LongVILAVideoLM, "teacher_forced", oracle)
-    s = needle.run(_cfg(tmp_path, reference_cards=300), lm=tiny_lm)
+    s = needle.run(_cfg(tmp_path, reference_cards=300, publish=True), lm=tiny_lm)
     assert s["accuracy"] == 1.0 and s["trials"] == 2 * 3 * 3
     assert s["control_accuracy"] == 0.0 and s["control_trials"] == 2 * 3
     # the reading reference (the same cards in a short haystack) is reported apart from the grid

@@ -147,7 +147,8 @@ def test_prompt_matches_training_data():
 def test_sweep_on_real_layout_fixture(tiny_lm, tmp_path):
     """The whole sweep (frame counts + blind) runs on the fixture; records, table and plot are consistent."""
     _fixture(tmp_path / "vm")
-    cfg = videomme.VideoMMEConfig(out=str(tmp_path / "out"), frames=(4, 8, 64), root=str(tmp_path / "vm"))
+    cfg = videomme.VideoMMEConfig(out=str(tmp_path / "out"), frames=(4, 8, 64), root=str(tmp_path / "vm"),
+                                  publish=True)
     s = videomme.run(cfg, lm=tiny_lm)
     assert s["questions"] == 2 and s["chance"] == 0.25 and s["blind"] is not None
     sweep = json.loads((tmp_path / "out" / "sweep" / "f00064.json").read_text())
