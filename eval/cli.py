@@ -50,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
         q.add_argument("--model", default="longvila", metavar="TYPE",
                        help=f"model adapter: {', '.join(MODEL_TYPES)} or auto (default longvila)")
 
+    def publish_args(q, default_names: str):
+        q.add_argument("--publish", action="store_true",
+                       help="also write the leaderboard result (leaderboards/results, or $LONGVILA_RESULTS_DIR)")
+        q.add_argument("--result-name", default=None,
+                       help=f"with --publish: the result's name (default {default_names})")
+
     n = sub.add_parser("needle", help="needle in a haystack over (frame counts x depths)")
     model_arg(n)
     n.add_argument("--ckpt", required=True, help="checkpoint folder (save_pretrained)")
@@ -69,10 +75,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="training cards of the reference reader (a pixel SVM); 0 skips it")
     n.add_argument("--style", default="print", choices=CARD_STYLES,
                    help="needle cards printed, or handwritten by held-out writers")
-    n.add_argument("--publish", action="store_true",
-                   help="also write the leaderboard result (leaderboards/results, or $LONGVILA_RESULTS_DIR)")
-    n.add_argument("--result-name", default=None,
-                   help="with --publish: the result's name (default needle-FRAMES, -hand for handwriting)")
+    publish_args(n, "needle-FRAMES, -hand for handwriting")
     n.add_argument("--level", default="auto", choices=("auto", *LEVELS),
                    help="embedding: encode the haystack once and swap the needle's tokens in (where the adapter "
                         "allows); frame: place the needle among the frames and encode each row (every adapter)")
@@ -94,10 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--limit", type=int, default=None, help="first N questions only")
     v.add_argument("--no-blind", action="store_true")
     v.add_argument("--no-likelihood", action="store_true", help="skip option-likelihood scoring (letters only)")
-    v.add_argument("--publish", action="store_true",
-                   help="also write the leaderboard result (leaderboards/results, or $LONGVILA_RESULTS_DIR)")
-    v.add_argument("--result-name", default=None,
-                   help="with --publish: the result's name (default videomme, videomme-real with --videomme-root)")
+    publish_args(v, "videomme, videomme-real with --videomme-root")
     v.add_argument("--out", required=True)
     b = sub.add_parser("build-videomme", help="write the embedded benchmark in the Video-MME layout")
     b.add_argument("--out", required=True)

@@ -80,7 +80,7 @@ def test_frame_count_beyond_context_is_refused_with_the_largest_that_fits(hf_lms
 
 
 def test_needle_grid_beyond_context_refused_before_work(hf_lms, tmp_path):
-    cfg = needle.NeedleConfig(out=str(tmp_path / "n"), frames=6000, steps=2, needles=1, result_name="")
+    cfg = needle.NeedleConfig(out=str(tmp_path / "n"), frames=6000, steps=2, needles=1)
     with pytest.raises(ValueError, match="needle grid at 6000 frames: 6001 frames make .* fits is 1"):
         needle.run(cfg, lm=hf_lms["llava_onevision"])
     assert not (tmp_path / "n" / "cells").exists()
@@ -167,7 +167,7 @@ def test_our_two_levels_give_the_same_answers(tiny_lm, tmp_path):
     runs = {}
     for level in ("embedding", "frame"):
         cfg = needle.NeedleConfig(out=str(tmp_path / level), frames=24, steps=3, depths=(0.0, 0.5, 1.0), needles=3,
-                                  reference_cards=0, result_name="", level=level)
+                                  reference_cards=0, level=level)
         runs[level] = needle.run(cfg, lm=tiny_lm)
         assert runs[level]["level"] == level
     for f in sorted((tmp_path / "embedding" / "cells").glob("*.json")):

@@ -93,7 +93,7 @@ def test_own_needle_set(tiny_lm, tmp_path):
     got = needle.load_needle_set(tmp_path / "set")
     assert [n.answer for n in got] == ["red", "green", "blue"] and got[0].image.shape == (48, 48, 3)
     cfg = needle.NeedleConfig(out=str(tmp_path / "out"), frames=8, steps=2, depths=(0.0, 1.0), needles=2,
-                              needle_set=str(tmp_path / "set"), string_match=True, result_name="")
+                              needle_set=str(tmp_path / "set"), string_match=True)
     s = needle.run(cfg, lm=tiny_lm)
     assert s["trials"] == 2 * 2 * 2 and s["control_trials"] == 2 * 2 and s["chance"] is None
     assert "reference_reader_accuracy" not in s  # the pixel reader reads code cards only

@@ -181,7 +181,7 @@ def test_work_units_and_cell_files(tmp_path):
 
 
 def test_resume_computes_only_missing_cells(tiny_lm, tmp_path, monkeypatch):
-    cfg = _cfg(tmp_path, result_name="")
+    cfg = _cfg(tmp_path)
     calls = []
     real = LongVILAVideoLM.teacher_forced
 
@@ -204,10 +204,10 @@ def test_resume_computes_only_missing_cells(tiny_lm, tmp_path, monkeypatch):
     again = needle.run(cfg, lm=tiny_lm)
     assert again["computed_cells"] == 0 and again["grid"] == s["grid"]
     # the reading reference with another haystack length: only its cells are recomputed
-    alone = needle.run(_cfg(tmp_path, result_name="", reference_frames=0), lm=tiny_lm)
+    alone = needle.run(_cfg(tmp_path, reference_frames=0), lm=tiny_lm)
     assert alone["computed_cells"] == 2 and alone["read_trials"] == 2 * 3
     # a different seed changes the codes: every cell is recomputed, none reused by mistake
-    other = needle.run(_cfg(tmp_path, result_name="", seed=5), lm=tiny_lm)
+    other = needle.run(_cfg(tmp_path, seed=5), lm=tiny_lm)
     assert other["computed_cells"] == total
 
 
@@ -228,8 +228,8 @@ def test_sharded_grid_matches_one_process(tiny_ckpt, tmp_path):
     answers of every cell equal the one-process run's."""
     from longvila.eval import needle_sp
 
-    one = needle.run(_cfg(tmp_path / "one", result_name=""), ckpt=str(tiny_ckpt))
-    cfg2 = _cfg(tmp_path / "two", result_name="", nproc=2)
+    one = needle.run(_cfg(tmp_path / "one"), ckpt=str(tiny_ckpt))
+    cfg2 = _cfg(tmp_path / "two", nproc=2)
     two = needle_sp.run_sharded(cfg2, tiny_ckpt, timeout=300)
     assert two["computed_cells"] == 10 and two["grid"] == one["grid"]
     for f in sorted((tmp_path / "one" / "needle" / "cells").glob("*.json")):
