@@ -177,6 +177,13 @@ class LongVILAProcessor:
         ids, labels = self._expand(ids, labels, list(num_frames))
         return {"input_ids": torch.tensor(ids, dtype=torch.long), "labels": torch.tensor(labels, dtype=torch.long)}
 
+    def encode_plain(self, prompt: str, answer: str, num_frames: list[int]) -> dict[str, torch.Tensor]:
+        """``prompt`` then ``answer`` as plain text, without the chat template -> {"input_ids", "labels"}
+        (placeholders expanded; the labels are the answer's tokens alone, no end-of-turn token)."""
+        p, a = self._ids(prompt), self._ids(answer)
+        ids, labels = self._expand(p + a, [IGNORE_INDEX] * len(p) + a, list(num_frames))
+        return {"input_ids": torch.tensor(ids, dtype=torch.long), "labels": torch.tensor(labels, dtype=torch.long)}
+
     def build_prompt(self, question: str, num_frames: int | None) -> torch.Tensor:
         """A user turn (``<video>\\n`` + question when num_frames is given) and the assistant header -> ids (L,)."""
         text = question if num_frames is None else f"<video>\n{question}"

@@ -65,13 +65,27 @@ class Phase:
     ``pointer`` of each micro-batch are text pointer questions (``datasource.pointer_sample``: which option is
     W? answered with its letter), the letter binding of the multiple-choice protocol taught on its own, asked
     in ``form`` (``datasource.POINTER_FORMS``: the VideoMME chat prompt, it without the instruction line, or
-    one plain line). ``frames=0`` is a text-only phase (no fresh cards or needles either)."""
+    one plain line). ``frames=0`` is a text-only phase (no fresh cards or needles either).
+
+    ``needle_frac``, ``needle_mc_frac`` and ``cards`` set the data group's fields of the same names for this
+    phase alone (None: the stage's value), so one phase can differ in its mix, e.g. ask every needle and
+    fresh card as a four-option question (``PHASE_KEYS``; ``frames:batch:steps:needle_mc_frac=1.0``);
+    ``qa_mc_frac`` asks the sets' own questions afresh, that share of them with four options (None: as the
+    sets were built, 30% of them)."""
 
     frames: int
     batch: int
     steps: int
     pointer: float = 0.0
     form: str = "videomme"
+    needle_frac: float | None = None
+    needle_mc_frac: float | None = None
+    cards: int | None = None
+    qa_mc_frac: float | None = None
+
+
+# the data fields a curriculum phase may set for itself (``key=value`` after frames:batch:steps[:pointer[:form]])
+PHASE_KEYS = ("needle_frac", "needle_mc_frac", "cards", "qa_mc_frac")
 
 
 @dataclass(frozen=True)
@@ -400,14 +414,22 @@ def _special(value: str, tp: typing.Any, key: str) -> typing.Any:
         phases = []
         for p in parts:
             xs = p.split(":")
+            pos = [x for x in xs if "=" not in x]
+            named = dict(x.split("=", 1) for x in xs[len(pos):] if "=" in x)
+            unknown = sorted(set(named) - set(PHASE_KEYS))
+            if unknown:
+                raise ConfigError(f"{key}: phase {p!r}: unknown phase key {unknown[0]!r}; choose from "
+                                  f"{', '.join(PHASE_KEYS)}")
             try:
-                if len(xs) not in (3, 4, 5):
+                if len(pos) not in (3, 4, 5) or len(pos) + len(named) != len(xs):
                     raise ValueError
-                f, b, n = (int(x) for x in xs[:3])
-                ptr = float(xs[3]) if len(xs) >= 4 else 0.0
+                f, b, n = (int(x) for x in pos[:3])
+                ptr = float(pos[3]) if len(pos) >= 4 else 0.0
+                own = {k: (int if k == "cards" else float)(v) for k, v in named.items()}
             except ValueError:
-                raise ConfigError(f"{key}: phase {p!r} is not frames:batch:steps[:pointer[:form]]") from None
-            phases.append(Phase(f, b, n, ptr, *xs[4:5]))
+                raise ConfigError(f"{key}: phase {p!r} is not frames:batch:steps[:pointer[:form]][:key=value...] "
+                                  f"(keys: {', '.join(PHASE_KEYS)})") from None
+            phases.append(Phase(f, b, n, ptr, *pos[4:5], **own))
         return tuple(phases)
     if args and typing.get_origin(args[0]) is tuple:  # rope_schedule rows "length:theta"
         try:
@@ -482,6 +504,11 @@ def validate(cfg: StageConfig, world_size: int | None = None) -> None:
         if ph.frames < 0 or ph.batch < 1 or ph.steps < 0 or not 0.0 <= ph.pointer <= 1.0:
             raise ConfigError(f"data.curriculum[{i}]={ph}: needs frames >= 0, batch >= 1, steps >= 0 and "
                               "pointer in [0, 1]")
+        for k in ("needle_frac", "needle_mc_frac", "qa_mc_frac"):
+            if getattr(ph, k) is not None and not 0.0 <= getattr(ph, k) <= 1.0:
+                raise ConfigError(f"data.curriculum[{i}]: {k}={getattr(ph, k)} must be in [0, 1]")
+        if ph.cards is not None and ph.cards < 0:
+            raise ConfigError(f"data.curriculum[{i}]: cards={ph.cards} must be >= 0")
         if ph.form not in POINTER_FORMS:
             raise ConfigError(f"data.curriculum[{i}]: pointer form {ph.form!r}; choose one of "
                               f"{', '.join(POINTER_FORMS)}")

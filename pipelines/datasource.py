@@ -109,16 +109,51 @@ def pick_turns(conv: list[dict[str, str]], k: int, rng: np.random.Generator) -> 
     return out
 
 
+def reask(conv: list[dict[str, str]], qas: list[dict[str, Any]], rng: np.random.Generator,
+          mc_frac: float) -> list[dict[str, str]]:
+    """The conversation with each question that has four options asked afresh: with probability ``mc_frac``
+    in the four-option form (options in a new random order, answered with the letter), else open (answered
+    with the short answer), whichever form the set was built with. Other turns, and the visual placeholders
+    leading the first question, stay as they are."""
+    from longvila.data import questions as Q
+    from longvila.eval.prompts import option_text
+
+    by_q = {q["question"]: q for q in qas if len(q.get("options") or []) == 4 and q.get("answer_letter")}
+    out = list(conv)
+    for i in range(0, len(conv) - 1, 2):
+        value = conv[i]["value"]
+        lead = "".join(m + "\n" for m in _PLACEHOLDER.findall(value))
+        body = _PLACEHOLDER.sub("", value).lstrip("\n")
+        question = body.split("\n")[1] if body.startswith(Q.MC_HEADER + "\n") else body
+        qa = by_q.get(question)
+        if qa is None:
+            continue
+        if rng.random() < mc_frac:
+            texts = [option_text(o) for o in qa["options"]]
+            answer = texts[Q.LETTERS.index(qa["answer_letter"])]
+            texts = [texts[k] for k in rng.permutation(4)]
+            body, reply = Q.mc_prompt(question, [f"{Q.LETTERS[k]}. {t}" for k, t in enumerate(texts)]), \
+                Q.LETTERS[texts.index(answer)]
+        else:
+            body, reply = question, qa["answer"]
+        out[i], out[i + 1] = {**conv[i], "value": lead + body}, {**conv[i + 1], "value": reply}
+    return out
+
+
 def encode_sample(sample: dict[str, Any], frames: int, seq_len: int, processor, max_turns: int = 0,
-                  rng: np.random.Generator | None = None) -> dict[str, Any]:
+                  rng: np.random.Generator | None = None, qa_mc_frac: float | None = None) -> dict[str, Any]:
     """One sample -> input_ids (L,), labels (L,), pixel_values (N, 3, S, S) or None, num_frames list.
 
     ``max_turns`` > 0 keeps that many random QA turns (``pick_turns``), which bounds the text of samples
-    with many long answers."""
+    with many long answers. ``qa_mc_frac`` (None: as the set was built) asks the kept questions afresh, that
+    share of them with four options (``reask``)."""
     rec = sample["json"]
     if max_turns:
         rec = {**rec, "conversations": pick_turns(rec["conversations"], max_turns,
                                                   rng or np.random.default_rng(0))}
+    if qa_mc_frac is not None and rec.get("qa"):
+        rec = {**rec, "conversations": reask(rec["conversations"], rec["qa"], rng or np.random.default_rng(0),
+                                             qa_mc_frac)}
     text = " ".join(t.get("value", "") for t in rec["conversations"])
     kinds = _PLACEHOLDER.findall(text)
     pix, counts, n_img = [], [], 0
@@ -145,17 +180,41 @@ def encode_sample(sample: dict[str, Any], frames: int, seq_len: int, processor, 
             "num_frames": counts, "id": str(rec.get("id", sample["__key__"])), "truncated": truncated}
 
 
+def encode_question(processor, media: str, question: str, answer: str, num_frames: list[int],
+                    form: str = "videomme") -> dict[str, torch.Tensor]:
+    """One question turn after its media placeholder(s) ``media`` ("<video>", "<image>") and its answer ->
+    {"input_ids", "labels"}. A four-option question (``questions.mc_prompt``) is asked in ``form``
+    (``POINTER_FORMS``): the VideoMME chat prompt as written, "no-header" without its instruction line, or
+    "oneline": the question and its options on one plain line without the chat template, then the letter
+    (``processor.encode_plain``), as pointer questions are; any other question keeps the chat prompt."""
+    from longvila.data import questions as Q
+
+    if form not in POINTER_FORMS:
+        raise ValueError(f"question form {form!r}: choose one of {', '.join(POINTER_FORMS)}")
+    if form != "videomme" and question.startswith(Q.MC_HEADER + "\n"):
+        question = question.removeprefix(Q.MC_HEADER + "\n")
+        if form == "oneline":
+            return processor.encode_plain(f"{media} " + " ".join(question.split("\n")[:-1]), f" {answer}",
+                                          num_frames)
+    conv = [{"from": "human", "value": f"{media}\n{question}"}, {"from": "gpt", "value": answer}]
+    return processor.encode_conversation(conv, num_frames)
+
+
 def needle_sample(pool: tuple[dict[str, Any], ...], frames: int, rng: np.random.Generator, processor,
                   code_digits: int = 3, mc_frac: float = 0.0, hand_frac: float = 0.5,
-                  repeat_frac: float = 0.0) -> dict[str, Any]:
+                  repeat_frac: float = 0.0, form: str = "videomme",
+                  videos: list[int] | None = None) -> dict[str, Any]:
     """A synthetic needle-in-a-haystack sample: ``frames`` haystack frames (uniform samples of the pool's
     videos, several videos if one is too short) with a code card (handwritten with train-split digits with
     probability ``hand_frac``, else printed) inserted at a random depth, and the question the needle
-    evaluation asks, with probability ``mc_frac`` in the four-option form (``code_question``); with probability
-    ``repeat_frac`` the code repeats a digit (``world.random_code``). Returns what ``encode_sample`` returns."""
+    evaluation asks, with probability ``mc_frac`` in the four-option form (``code_question``) asked in ``form``
+    (``encode_question``); with probability ``repeat_frac`` the code repeats a digit (``world.random_code``).
+    ``videos``: the indices of the pool's videos, when the caller has listed them once. Returns what
+    ``encode_sample`` returns."""
     from longvila.data.world import random_card
 
-    videos = [i for i, s in enumerate(pool) if "mp4" in s]
+    if videos is None:
+        videos = [i for i, s in enumerate(pool) if "mp4" in s]
     if not videos:
         raise ValueError("needle samples need videos in the stage's sets")
     parts, need = [], frames
@@ -169,8 +228,7 @@ def needle_sample(pool: tuple[dict[str, Any], ...], frames: int, rng: np.random.
     at = int(rng.integers(0, len(hay) + 1))
     video = np.concatenate([hay[:at], card[None], hay[at:]])
     question, answer = code_question(code, rng, mc_frac)
-    conv = [{"from": "human", "value": f"<video>\n{question}"}, {"from": "gpt", "value": answer}]
-    enc = processor.encode_conversation(conv, [len(video)])
+    enc = encode_question(processor, "<video>", question, answer, [len(video)], form)
     return {"input_ids": enc["input_ids"], "labels": enc["labels"], "pixel_values": processor.preprocess_frames(video),
             "num_frames": [len(video)], "id": f"needle-{code}-{at}of{len(video)}", "truncated": False}
 
@@ -202,10 +260,11 @@ def card_caption(code: str) -> str:
 
 
 def card_sample(rng: np.random.Generator, processor, size: int, hand_frac: float = 0.5,
-                code_digits: int = 3, mc_frac: float = 0.0, repeat_frac: float = 0.0) -> dict[str, Any]:
+                code_digits: int = 3, mc_frac: float = 0.0, repeat_frac: float = 0.0,
+                form: str = "videomme") -> dict[str, Any]:
     """A freshly drawn code card (training split; handwritten with probability ``hand_frac``, else printed) as
     an image-caption sample in the align set's form ("A card shows the code 471.") or, with probability
-    ``mc_frac``, asked for its code in the four-option form (``code_question``). Unlike the align set's fixed
+    ``mc_frac``, asked for its code in the four-option form (``code_question``, in ``form``). Unlike the align set's fixed
     cards, every call renders a new code, typeface or handwriting, size and offset, so reading is learnt from
     unlimited renderings. Returns what ``encode_sample`` returns (one frame of ``size`` x ``size``)."""
     from longvila.data.world import random_card
@@ -213,8 +272,7 @@ def card_sample(rng: np.random.Generator, processor, size: int, hand_frac: float
     code, card = random_card(rng, "train", size, size, hand_frac, code_digits, repeat_frac)
     question, answer = code_question(code, rng, 1.0) if mc_frac and rng.random() < mc_frac else (
         CARD_PROMPT, card_caption(code))
-    conv = [{"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": answer}]
-    enc = processor.encode_conversation(conv, [1])
+    enc = encode_question(processor, "<image>", question, answer, [1], form)
     return {"input_ids": enc["input_ids"], "labels": enc["labels"], "pixel_values": processor.preprocess_frames(card[None]),
             "num_frames": [1], "id": f"card-{code}", "truncated": False}
 
@@ -396,11 +454,18 @@ def stream(data_root: str | Path, sets: tuple[str, ...], phase: Phase, seed: int
     sets' option texts (``option_texts``), the rest over single words (``pointer_words``), in ``phase.form``.
     ``pointers``: pointer questions added to every micro-batch besides (the same mix and form), which keep the
     binding through phases that teach something else.
+    ``phase.needle_frac``, ``phase.needle_mc_frac``, ``phase.cards``: where set, they replace the arguments of
+    the same names for this phase; ``phase.qa_mc_frac``: where set, the sets' questions are asked afresh, that
+    share of them in the four-option form (``reask``).
     """
     from longvila.data.video_io import VideoError
 
+    # a phase's own needle share, multiple-choice share and fresh cards replace the stage's
+    needle_frac, needle_mc_frac, cards = (d if getattr(phase, k) is None else getattr(phase, k) for k, d in (
+        ("needle_frac", needle_frac), ("needle_mc_frac", needle_mc_frac), ("cards", cards)))
     pool = load_pool(str(data_root), tuple(sets))
     mc_cands = mc_candidates(pool) if mc_text_frac else ()
+    videos = [i for i, s in enumerate(pool) if "mp4" in s]
     asks_pointers = bool(phase.pointer or pointers)
     ptr_texts = option_texts(pool) if asks_pointers and pointer_text_frac else ()
     if asks_pointers and pointer_text_frac and len(ptr_texts) < 4:
@@ -414,7 +479,8 @@ def stream(data_root: str | Path, sets: tuple[str, ...], phase: Phase, seed: int
         n_needle = int(needle_frac * phase.batch + rng.random()) if needle_frac else 0
         for _ in range(n_needle):
             items.append(needle_sample(pool, phase.frames, rng, processor, mc_frac=needle_mc_frac,
-                                       hand_frac=needle_hand_frac, repeat_frac=code_repeat_frac))
+                                       hand_frac=needle_hand_frac, repeat_frac=code_repeat_frac, form=phase.form,
+                                       videos=videos))
         n_mc = min(int(mc_text_frac * phase.batch + rng.random()), phase.batch - n_needle) if mc_text_frac else 0
         for _ in range(n_mc):
             items.append(mc_text_sample(pool, rng, processor, mc_cands))
@@ -425,11 +491,11 @@ def stream(data_root: str | Path, sets: tuple[str, ...], phase: Phase, seed: int
                                         else pointer_words(), phase.form))
         for _ in range(cards):
             items.append(card_sample(rng, processor, processor.settings.image_size, needle_hand_frac,
-                                     mc_frac=needle_mc_frac, repeat_frac=code_repeat_frac))
+                                     mc_frac=needle_mc_frac, repeat_frac=code_repeat_frac, form=phase.form))
         for i in rank_order(len(pool), seed, dp_rank, dp, m * phase.batch, phase.batch - n_needle - n_mc - n_ptr):
             seen += 1
             try:
-                it = encode_sample(pool[i], phase.frames, seq_len, processor, max_turns, rng)
+                it = encode_sample(pool[i], phase.frames, seq_len, processor, max_turns, rng, phase.qa_mc_frac)
             except (VideoError, ValueError) as e:
                 skipped += 1
                 log.warning("skipped sample %s (%s)", pool[i].get("__key__"), e)

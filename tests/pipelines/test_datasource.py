@@ -170,6 +170,71 @@ def test_stream_adds_fresh_cards_to_each_batch(tmp_path):
         assert b["pixel_values"].shape[0] == 8 + 3 and b["num_frames"] == [1] * 11
 
 
+def test_a_phase_own_mix_replaces_the_stage_one(tmp_path):
+    from longvila.data import sets
+    from longvila.model import LongVILAProcessor, tiny_config
+    from longvila.pipelines.config import Phase
+
+    cfg = sets.BuildConfig()
+    cfg.short_sft.num_samples, cfg.short_sft.per_shard = 8, 8
+    sets.build(cfg, tmp_path, sets=("short_sft",), workers=1)
+    proc = LongVILAProcessor.from_config(tiny_config())
+    kw = dict(seed=0, skip=0, dp_rank=0, dp=1, seq_len=256, processor=proc, cards=3, needle_frac=0.0)
+    # every sample a needle, every needle and fresh card asked with four options, 2 cards instead of 3
+    own = next(ds.stream(tmp_path, ("short_sft",), Phase(4, 4, 1, needle_frac=1.0, needle_mc_frac=1.0, cards=2), **kw))
+    ids = own["sample_ids"]
+    assert len(ids) == 6 and sum(i.startswith("needle-") for i in ids) == 4
+    assert sum(i.startswith("card-") for i in ids) == 2
+    text = proc.decode(own["input_ids"][0].tolist(), skip_special_tokens=False)
+    assert text.count("The best answer is:") == 6
+    # unset fields keep the stage's: 3 captioned cards, no needles
+    stage = next(ds.stream(tmp_path, ("short_sft",), Phase(4, 4, 1), **kw))["sample_ids"]
+    assert sum(i.startswith("card-") for i in stage) == 3 and not any(i.startswith("needle-") for i in stage)
+
+
+def test_reask_asks_the_sets_questions_afresh_in_either_form(tmp_path):
+    from longvila.data import questions as Q
+    from longvila.data import sets
+    from longvila.eval.prompts import option_text
+    from longvila.model import LongVILAProcessor, tiny_config
+    from longvila.pipelines.config import Phase
+
+    cfg = sets.BuildConfig()
+    cfg.short_sft.num_samples, cfg.short_sft.per_shard = 12, 12
+    sets.build(cfg, tmp_path, sets=("short_sft",), workers=1)
+    pool = ds.load_pool(str(tmp_path), ("short_sft",))
+    rng = np.random.default_rng(0)
+    asked, letters = 0, []
+    for s in pool:
+        rec = s["json"]
+        by_q = {q["question"]: q for q in rec["qa"] if q.get("options")}
+        conv = rec["conversations"]
+        mc, op = ds.reask(conv, rec["qa"], rng, 1.0), ds.reask(conv, rec["qa"], rng, 0.0)
+        assert len(mc) == len(op) == len(conv)
+        assert mc[0]["value"].split("\n")[0] == conv[0]["value"].split("\n")[0]  # the placeholder leads
+        for i in range(0, len(conv), 2):
+            body = mc[i]["value"].removeprefix("<video>\n").removeprefix("<image>\n")
+            lines = body.split("\n")
+            if lines[0] != Q.MC_HEADER:  # a question without four options (the caption) is left as it was
+                assert conv[i + 1]["value"] == mc[i + 1]["value"] == op[i + 1]["value"]
+                continue
+            qa = by_q[lines[1]]
+            asked += 1
+            chosen = option_text(lines[2 + Q.LETTERS.index(mc[i + 1]["value"])])
+            assert chosen == option_text(qa["options"][Q.LETTERS.index(qa["answer_letter"])])
+            letters.append(mc[i + 1]["value"])
+            assert op[i]["value"].endswith(qa["question"]) and op[i + 1]["value"] == qa["answer"]
+    assert asked >= 6 and len(set(letters)) >= 3  # options in a new order: the answer moves between letters
+    # in a stream: every question with options asked in the four-option form
+    proc = LongVILAProcessor.from_config(tiny_config())
+    b = next(ds.stream(tmp_path, ("short_sft",), Phase(4, 6, 1, qa_mc_frac=1.0), seed=0, skip=0, dp_rank=0, dp=1,
+                       seq_len=256, processor=proc))
+    text = proc.decode(b["input_ids"][0].tolist(), skip_special_tokens=False)
+    letters = [proc.decode([t]) for t, lab in zip(b["input_ids"][0].tolist(), b["labels"][0].tolist(), strict=True)
+               if lab != -100]
+    assert text.count("The best answer is:") >= 3 and sum(x.strip() in Q.LETTERS for x in letters) >= 3
+
+
 def test_mc_text_sample_asks_about_the_written_description_and_answers_its_letter():
     from longvila.data import questions as Q
     from longvila.data.world import make_image
@@ -339,3 +404,33 @@ def test_pointer_qa_scores_the_letter_of_each_held_out_question():
     assert asked == first  # the same held-out questions every time
     share_a = sum(1 for t in asked if f"\nA. {t.split('Which option is ', 1)[1].split('?', 1)[0]}\n" in t) / 40
     assert got["words"] == pytest.approx(share_a) and 0.05 < share_a < 0.5
+
+
+def test_four_option_code_questions_in_each_form():
+    """Needles and fresh cards asked with four options in a phase's form: the chat prompt as written, without
+    its instruction line, or one plain line (no chat template) whose only label is the letter; a card's pixels
+    and its code do not depend on the form."""
+    from longvila.data import questions as Q
+    from longvila.model import LongVILAProcessor, tiny_config
+
+    proc = LongVILAProcessor.from_config(tiny_config())
+    for seed in range(3):
+        chat, bare, one = (ds.card_sample(np.random.default_rng(seed), proc, 32, mc_frac=1.0, form=f)
+                           for f in ("videomme", "no-header", "oneline"))
+        assert chat["id"] == bare["id"] == one["id"]
+        assert torch.equal(chat["pixel_values"], one["pixel_values"])
+        code = chat["id"].split("-")[1]
+        letter = proc.decode(chat["labels"][chat["labels"] != -100].tolist()).strip()
+        text = proc.decode(one["input_ids"].tolist(), skip_special_tokens=False)
+        assert "\n" not in text and "<|im_start|>" not in text and Q.MC_HEADER not in text
+        assert f"{letter}. {code}" in text and text.endswith(f" {letter}")
+        assert proc.decode(one["labels"][one["labels"] != -100].tolist()) == f" {letter}"
+        assert int((one["input_ids"] == proc.settings.image_token_id).sum()) == proc.settings.tokens_per_frame
+        assert Q.MC_HEADER in proc.decode(chat["input_ids"].tolist())
+        assert Q.MC_HEADER not in proc.decode(bare["input_ids"].tolist())
+        assert "The best answer is:" in proc.decode(bare["input_ids"].tolist())
+    # an open question keeps the chat prompt in any form; an unknown form is an error naming the choices
+    open_q = ds.encode_question(proc, "<video>", Q.MC_HEADER.split(".")[0], "471", [2], "oneline")
+    assert "<|im_start|>" in proc.decode(open_q["input_ids"].tolist(), skip_special_tokens=False)
+    with pytest.raises(ValueError, match="question form 'chat': choose one of videomme, no-header, oneline"):
+        ds.encode_question(proc, "<video>", "q", "a", [2], "chat")

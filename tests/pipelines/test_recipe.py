@@ -48,7 +48,7 @@ def test_five_stage_smoke_run(tmp_path):
     data, out = tmp_path / "data", tmp_path / "ckpt"
     _tiny_data(data)
     cmd = [sys.executable, "-m", "longvila.cli", "train", "all", "--data", str(data), "--out", str(out),
-           "--nproc", "2", "--set", "schedule.steps=2", "--set", "5:data.curriculum=16:2:1,40:1:1",
+           "--nproc", "2", "--set", "schedule.steps=2", "--set", "5:data.curriculum=1:4:1:0:oneline:needle_frac=1:needle_mc_frac=1,40:1:1:qa_mc_frac=1",
            "--set", "2:data.curriculum=0:4:1:1.0:oneline,1:2:1",
            "--set", "eval.limit=6", "--set", "eval.pointer=8", "--set", "1:vision_pretrain.steps=20"]
     p = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
