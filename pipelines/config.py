@@ -394,6 +394,25 @@ POINTER_CURRICULUM = (
 )
 
 
+# The letter phases of stage 5 measured on 2026-12-07 (docs/recipe.md#letters-four-option-code-questions-in-stage-5),
+# run E3, as --set overrides: after the first 32-frame phase, four-option code questions on a card among one
+# haystack frame, 64 an optimizer step, on one plain line (500 steps: the model leaves the chance plateau after
+# ~150), then in the VideoMME chat prompt (200), then 32-frame clips with every needle, card and set question
+# four-option; from there on half of them. VideoMME letters 25.6% -> 48.3% at 64 frames (likelihood 53.9%), long
+# videos 26.7% at 8 frames -> 46.7% at 64 and 43.3% at 2,048; held-out QA 38.25%; but the printed needle grid fell
+# to 95.7% and stage 5 took 1,527 s, so it is not the recipe. Asking the needles openly after the letter phases
+# (E4) kept fewer letters (37.8% at 64 frames) and the grid at 98.7%.
+LETTER_CURRICULUM = (
+    "5:data.curriculum=32:16:300,1:64:500:0:oneline:needle_frac=1:needle_mc_frac=1,"
+    "1:64:200:0:videomme:needle_frac=1:needle_mc_frac=1,32:16:200:needle_mc_frac=1:qa_mc_frac=1,"
+    "64:8:100:needle_mc_frac=0.5,128:8:80:needle_mc_frac=0.5,256:4:60:needle_mc_frac=0.5,"
+    "512:2:80:needle_mc_frac=0.5,1024:1:150:needle_mc_frac=0.5,1500:1:200:needle_mc_frac=0.5,"
+    "32:16:600:needle_mc_frac=0.5:qa_mc_frac=0.5",
+    # the LM head at the labelled positions only: the letter phases' rows are long prompts with one label
+    "5:parallel.labelled_logits=true",
+)
+
+
 STAGES = {1: stage1, 2: stage2, 3: stage3, 4: stage4, 5: stage5}
 
 

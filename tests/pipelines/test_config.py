@@ -69,6 +69,22 @@ def test_the_pointer_curriculum_overrides_give_the_measured_variant():
     assert cfg[5].data.curriculum == stage5().data.curriculum
 
 
+def test_the_letter_curriculum_overrides_give_the_measured_stage5():
+    from longvila.pipelines.config import LETTER_CURRICULUM
+
+    assert all(o.startswith("5:") for o in LETTER_CURRICULUM)
+    cfg = apply_overrides(stage5(), [o.split(":", 1)[1] for o in LETTER_CURRICULUM])
+    cur, pub = cfg.data.curriculum, stage5().data.curriculum
+    # the published phases keep their frames, batches and steps; three letter phases come after the first
+    assert [(p.frames, p.batch, p.steps) for p in cur[:1] + cur[4:]] == [(p.frames, p.batch, p.steps) for p in pub]
+    assert cur[1] == Phase(1, 64, 500, 0.0, "oneline", needle_frac=1.0, needle_mc_frac=1.0)
+    assert cur[2] == Phase(1, 64, 200, 0.0, "videomme", needle_frac=1.0, needle_mc_frac=1.0)
+    assert cur[3] == Phase(32, 16, 200, needle_mc_frac=1.0, qa_mc_frac=1.0)
+    assert all(p.needle_mc_frac == 0.5 for p in cur[4:]) and cur[-1].qa_mc_frac == 0.5
+    assert cfg.total_steps == stage5().total_steps + 900 and cfg.parallel.labelled_logits
+    assert cfg.parallel.sp_ring == stage5().parallel.sp_ring and not stage5().parallel.labelled_logits
+
+
 def test_stage5_curriculum_grows_frames_and_shrinks_batch_within_limit():
     cur = stage5().data.curriculum
     long = cur[:-1]  # the last phase returns to short clips (reading consolidation)
