@@ -109,6 +109,17 @@ def pick_turns(conv: list[dict[str, str]], k: int, rng: np.random.Generator) -> 
     return out
 
 
+def shuffled_options(qa: dict[str, Any], rng: np.random.Generator) -> tuple[list[str], str]:
+    """A four-option question's options in a new random order ("A. ...", ...) and the letter of its answer."""
+    from longvila.data import questions as Q
+    from longvila.eval.prompts import option_text
+
+    texts = [option_text(o) for o in qa["options"]]
+    answer = texts[Q.LETTERS.index(qa["answer_letter"])]
+    texts = [texts[k] for k in rng.permutation(len(texts))]
+    return [f"{Q.LETTERS[k]}. {t}" for k, t in enumerate(texts)], Q.LETTERS[texts.index(answer)]
+
+
 def reask(conv: list[dict[str, str]], qas: list[dict[str, Any]], rng: np.random.Generator,
           mc_frac: float) -> list[dict[str, str]]:
     """The conversation with each question that has four options asked afresh: with probability ``mc_frac``
@@ -116,7 +127,6 @@ def reask(conv: list[dict[str, str]], qas: list[dict[str, Any]], rng: np.random.
     with the short answer), whichever form the set was built with. Other turns, and the visual placeholders
     leading the first question, stay as they are."""
     from longvila.data import questions as Q
-    from longvila.eval.prompts import option_text
 
     by_q = {q["question"]: q for q in qas if len(q.get("options") or []) == 4 and q.get("answer_letter")}
     out = list(conv)
@@ -129,11 +139,8 @@ def reask(conv: list[dict[str, str]], qas: list[dict[str, Any]], rng: np.random.
         if qa is None:
             continue
         if rng.random() < mc_frac:
-            texts = [option_text(o) for o in qa["options"]]
-            answer = texts[Q.LETTERS.index(qa["answer_letter"])]
-            texts = [texts[k] for k in rng.permutation(4)]
-            body, reply = Q.mc_prompt(question, [f"{Q.LETTERS[k]}. {t}" for k, t in enumerate(texts)]), \
-                Q.LETTERS[texts.index(answer)]
+            options, reply = shuffled_options(qa, rng)
+            body = Q.mc_prompt(question, options)
         else:
             body, reply = question, qa["answer"]
         out[i], out[i + 1] = {**conv[i], "value": lead + body}, {**conv[i + 1], "value": reply}
@@ -303,7 +310,6 @@ def mc_text_sample(pool: tuple[dict[str, Any], ...], rng: np.random.Generator, p
     four-option form, the options shuffled afresh, answered with the letter. Returns what ``encode_sample``
     returns (no frames). ``candidates``: ``mc_candidates(pool)``, when the caller has computed it once."""
     from longvila.data import questions as Q
-    from longvila.eval.prompts import option_text
 
     cands = mc_candidates(pool) if candidates is None else candidates
     if not cands:
@@ -312,13 +318,10 @@ def mc_text_sample(pool: tuple[dict[str, Any], ...], rng: np.random.Generator, p
     i, j = cands[int(rng.integers(len(cands)))]
     rec = pool[i]["json"]
     qa = rec["qa"][j]
-    texts = [option_text(o) for o in qa["options"]]
-    answer = texts[Q.LETTERS.index(qa["answer_letter"])]
-    texts = [texts[k] for k in rng.permutation(len(texts))]
-    options = [f"{Q.LETTERS[k]}. {t}" for k, t in enumerate(texts)]
+    options, letter = shuffled_options(qa, rng)
     caption = (Q.caption_image if rec.get("kind") == "image_qa" else Q.caption_clip)(rec["events"])
     conv = [{"from": "human", "value": f"{MC_TEXT_LEAD}\n{caption}\n{Q.mc_prompt(qa['question'], options)}"},
-            {"from": "gpt", "value": Q.LETTERS[texts.index(answer)]}]
+            {"from": "gpt", "value": letter}]
     enc = processor.encode_conversation(conv, [])
     return {"input_ids": enc["input_ids"], "labels": enc["labels"], "pixel_values": None, "num_frames": [],
             "id": f"mc-text-{rec.get('id')}-{j}", "truncated": False}
