@@ -71,7 +71,8 @@ class Phase:
     phase alone (None: the stage's value), so one phase can differ in its mix, e.g. ask every needle and
     fresh card as a four-option question (``PHASE_KEYS``; ``frames:batch:steps:needle_mc_frac=1.0``);
     ``qa_mc_frac`` asks the sets' own questions afresh, that share of them with four options (None: as the
-    sets were built, 30% of them)."""
+    sets were built, 30% of them); ``cards_mc_frac`` asks that share of the fresh cards with four options (None:
+    the phase's ``needle_mc_frac``), so the cards can stay open captions while needles are asked in letters."""
 
     frames: int
     batch: int
@@ -82,10 +83,11 @@ class Phase:
     needle_mc_frac: float | None = None
     cards: int | None = None
     qa_mc_frac: float | None = None
+    cards_mc_frac: float | None = None
 
 
 # the data fields a curriculum phase may set for itself (``key=value`` after frames:batch:steps[:pointer[:form]])
-PHASE_KEYS = ("needle_frac", "needle_mc_frac", "cards", "qa_mc_frac")
+PHASE_KEYS = ("needle_frac", "needle_mc_frac", "cards", "qa_mc_frac", "cards_mc_frac")
 
 
 @dataclass(frozen=True)
@@ -523,7 +525,7 @@ def validate(cfg: StageConfig, world_size: int | None = None) -> None:
         if ph.frames < 0 or ph.batch < 1 or ph.steps < 0 or not 0.0 <= ph.pointer <= 1.0:
             raise ConfigError(f"data.curriculum[{i}]={ph}: needs frames >= 0, batch >= 1, steps >= 0 and "
                               "pointer in [0, 1]")
-        for k in ("needle_frac", "needle_mc_frac", "qa_mc_frac"):
+        for k in ("needle_frac", "needle_mc_frac", "qa_mc_frac", "cards_mc_frac"):
             if getattr(ph, k) is not None and not 0.0 <= getattr(ph, k) <= 1.0:
                 raise ConfigError(f"data.curriculum[{i}]: {k}={getattr(ph, k)} must be in [0, 1]")
         if ph.cards is not None and ph.cards < 0:

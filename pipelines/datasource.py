@@ -458,7 +458,8 @@ def stream(data_root: str | Path, sets: tuple[str, ...], phase: Phase, seed: int
     ``pointers``: pointer questions added to every micro-batch besides (the same mix and form), which keep the
     binding through phases that teach something else.
     ``phase.needle_frac``, ``phase.needle_mc_frac``, ``phase.cards``: where set, they replace the arguments of
-    the same names for this phase; ``phase.qa_mc_frac``: where set, the sets' questions are asked afresh, that
+    the same names for this phase; ``phase.cards_mc_frac``: where set, the cards' multiple-choice share instead
+    of the phase's needle one; ``phase.qa_mc_frac``: where set, the sets' questions are asked afresh, that
     share of them in the four-option form (``reask``).
     """
     from longvila.data.video_io import VideoError
@@ -466,6 +467,7 @@ def stream(data_root: str | Path, sets: tuple[str, ...], phase: Phase, seed: int
     # a phase's own needle share, multiple-choice share and fresh cards replace the stage's
     needle_frac, needle_mc_frac, cards = (d if getattr(phase, k) is None else getattr(phase, k) for k, d in (
         ("needle_frac", needle_frac), ("needle_mc_frac", needle_mc_frac), ("cards", cards)))
+    cards_mc_frac = needle_mc_frac if phase.cards_mc_frac is None else phase.cards_mc_frac
     pool = load_pool(str(data_root), tuple(sets))
     mc_cands = mc_candidates(pool) if mc_text_frac else ()
     videos = [i for i, s in enumerate(pool) if "mp4" in s]
@@ -494,7 +496,7 @@ def stream(data_root: str | Path, sets: tuple[str, ...], phase: Phase, seed: int
                                         else pointer_words(), phase.form))
         for _ in range(cards):
             items.append(card_sample(rng, processor, processor.settings.image_size, needle_hand_frac,
-                                     mc_frac=needle_mc_frac, repeat_frac=code_repeat_frac, form=phase.form))
+                                     mc_frac=cards_mc_frac, repeat_frac=code_repeat_frac, form=phase.form))
         for i in rank_order(len(pool), seed, dp_rank, dp, m * phase.batch, phase.batch - n_needle - n_mc - n_ptr):
             seen += 1
             try:

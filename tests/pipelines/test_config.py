@@ -109,11 +109,12 @@ def test_overrides_are_typed():
     assert cfg.data.pointers == 2 and cfg.total_steps == 9 and isinstance(cfg.data.curriculum[2].pointer, float)
     # a phase's own data mix after its positional fields (None elsewhere: the stage's value)
     own = apply_overrides(stage5(), ["data.curriculum=32:16:5,8:32:3:needle_frac=1:needle_mc_frac=0.5:cards=0,"
-                                     "0:8:2:1.0:oneline:cards=2,8:4:1:qa_mc_frac=1"]).data.curriculum
+                                     "0:8:2:1.0:oneline:cards=2,8:4:1:qa_mc_frac=1:cards_mc_frac=0"]).data.curriculum
     assert own[0] == Phase(32, 16, 5) and own[0].needle_mc_frac is None
     assert own[1] == Phase(8, 32, 3, needle_frac=1.0, needle_mc_frac=0.5, cards=0)
     assert isinstance(own[1].needle_frac, float) and isinstance(own[1].cards, int)
     assert own[2] == Phase(0, 8, 2, 1.0, "oneline", cards=2) and own[3].qa_mc_frac == 1.0
+    assert own[3].cards_mc_frac == 0.0 and own[2].cards_mc_frac is None
 
 
 @pytest.mark.parametrize("bad, match", [
@@ -140,12 +141,14 @@ def test_overrides_are_typed():
     ("data.curriculum=8:4:2:half", "is not frames:batch:steps.:pointer.:form.."),
     ("data.curriculum=8:4:2:1.5", r"data.curriculum\[0\]=.*pointer in \[0, 1\]"),
     ("data.curriculum=8:0:2", r"data.curriculum\[0\]=.*batch >= 1"),
-    ("data.curriculum=8:4:2:mc=1", "unknown phase key 'mc'; choose from needle_frac, needle_mc_frac, cards, qa_mc_frac"),
+    ("data.curriculum=8:4:2:mc=1", "unknown phase key 'mc'; choose from needle_frac, needle_mc_frac, cards, qa_mc_frac, "
+                                    "cards_mc_frac"),
     ("data.curriculum=8:4:cards=1:2", "is not frames:batch:steps.*key=value"),
     ("data.curriculum=8:4:2:cards=two", "is not frames:batch:steps.*key=value"),
     ("data.curriculum=8:4:2:needle_mc_frac=2", r"data.curriculum\[0\]: needle_mc_frac=2.0 must be in \[0, 1\]"),
     ("data.curriculum=8:4:2:cards=-1", r"data.curriculum\[0\]: cards=-1 must be >= 0"),
     ("data.curriculum=8:4:2:qa_mc_frac=-1", r"data.curriculum\[0\]: qa_mc_frac=-1.0 must be in \[0, 1\]"),
+    ("data.curriculum=8:4:2:cards_mc_frac=3", r"data.curriculum\[0\]: cards_mc_frac=3.0 must be in \[0, 1\]"),
     ("model.dynamic_yarn_positions=-5", "model.dynamic_yarn_positions=-5 must be >= 0"),
 ])
 def test_bad_overrides_name_the_key(bad, match):

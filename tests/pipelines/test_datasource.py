@@ -187,6 +187,11 @@ def test_a_phase_own_mix_replaces_the_stage_one(tmp_path):
     assert sum(i.startswith("card-") for i in ids) == 2
     text = proc.decode(own["input_ids"][0].tolist(), skip_special_tokens=False)
     assert text.count("The best answer is:") == 6
+    # the cards' own share: open captions beside four-option needles
+    split = next(ds.stream(tmp_path, ("short_sft",), Phase(4, 4, 1, needle_frac=1.0, needle_mc_frac=1.0,
+                                                          cards_mc_frac=0.0), **kw))
+    text = proc.decode(split["input_ids"][0].tolist(), skip_special_tokens=False)
+    assert text.count("The best answer is:") == 4 and text.count(ds.card_caption("")[:12]) == 3
     # unset fields keep the stage's: 3 captioned cards, no needles
     stage = next(ds.stream(tmp_path, ("short_sft",), Phase(4, 4, 1), **kw))["sample_ids"]
     assert sum(i.startswith("card-") for i in stage) == 3 and not any(i.startswith("needle-") for i in stage)
