@@ -185,3 +185,54 @@ def all_gather_varlen(x: torch.Tensor, group, dim: int = 0) -> torch.Tensor:
     full = all_gather(torch.nn.functional.pad(x, pad), group, dim)
     idx = torch.cat([torch.arange(s) + i * m for i, s in enumerate(sizes)]).to(x.device)
     return full.index_select(dim, idx)
+
+
+def _memory_order(t: torch.Tensor) -> list[int]:
+    """The dims of ``t`` from the slowest to the fastest in memory: ``t.permute(order)`` is contiguous for a
+    dense tensor (channels-last images too); the plain order for any other layout."""
+    order = sorted(range(t.dim()), key=lambda i: (-t.stride(i), i))
+    return order if t.permute(order).is_contiguous() else list(range(t.dim()))
+
+
+def exchange(obj: dict, group) -> list[dict]:
+    """Every rank's dict, in group rank order (collective): tensors travel as tensors, every other value as
+    JSON (ints, strings, lists, None), so no rank unpickles what another sent. Returned tensors are on the
+    CPU, as the data loader makes them. Lets the ranks of a sequence-parallel group build different
+    micro-batches of one shared stream instead of each building the same one."""
+    import json
+
+    n = group_size(group)
+    if n == 1:
+        return [obj]
+    dev = collective_device()
+    ranks = dist.get_process_group_ranks(group)
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    for k, v in tensors.items():
+        if v.dtype not in _DTYPES or v.dim() > 8:
+            raise ValueError(f"exchange: field {k!r} ({v.dtype}, {v.dim()} dims) cannot travel")
+    # each tensor travels in its memory order and is laid out again as the sender's (pixel values are built
+    # channels-last; a contiguous copy takes other convolution kernels and changes the float rounding)
+    perms = {k: _memory_order(v) for k, v in tensors.items()}
+    header = json.dumps({"order": list(obj), "plain": {k: v for k, v in obj.items() if k not in tensors},
+                         "tensors": {k: [_DTYPES.index(v.dtype), [v.shape[i] for i in perms[k]], perms[k]]
+                                     for k, v in tensors.items()}})
+    raw = torch.frombuffer(bytearray(header.encode()), dtype=torch.uint8)
+    sizes = torch.empty(n, dtype=torch.int64, device=dev)
+    dist.all_gather_single(sizes, torch.tensor([raw.numel()], dtype=torch.int64, device=dev), group=group)
+    width = int(sizes.max())
+    buf = torch.zeros(width, dtype=torch.uint8, device=dev)
+    buf[: raw.numel()] = raw.to(dev)
+    heads = torch.empty(n * width, dtype=torch.uint8, device=dev)
+    dist.all_gather_single(heads, buf, group=group)
+    heads = heads.view(n, width).cpu()
+    me, out = group_rank(group), []
+    for src, size in enumerate(sizes.tolist()):
+        head = json.loads(bytes(heads[src, :size].tolist()).decode())
+        got = dict(head["plain"])
+        for k, (dt, shape, perm) in head["tensors"].items():
+            t = tensors[k].permute(perm).contiguous().to(dev) if src == me else torch.empty(
+                shape, dtype=_DTYPES[dt], device=dev)
+            dist.broadcast(t, src=ranks[src], group=group)
+            got[k] = tensors[k] if src == me else t.cpu().permute(sorted(range(len(perm)), key=perm.__getitem__))
+        out.append({k: got[k] for k in head["order"]})
+    return out

@@ -151,6 +151,9 @@ class ParallelCfg:
     # the same loss and gradients up to float rounding, 1.2x a step on a row of pointer questions; off in the
     # published recipe, whose figures are bit-identical with the full head
     labelled_logits: bool = False
+    # the ranks of an SP group share the work of building their (identical) micro-batches: each builds 1/sp of
+    # them and the group exchanges them (``datasource.shared_stream``); the same batches either way
+    share_batches: bool = True
 
 
 @dataclass(frozen=True)

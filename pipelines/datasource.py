@@ -83,6 +83,15 @@ def _decode(data: bytes) -> np.ndarray:
     return read_frames(data)
 
 
+@functools.lru_cache(maxsize=4096)
+def _first_frame(data: bytes) -> np.ndarray:
+    """Frame 0 of a video, (1, H, W, 3): all a one-frame haystack takes (``linspace(0, n - 1, 1)`` is frame 0
+    whatever the length). Kept for many more videos than ``_decode`` keeps whole ones: a phase of one-frame
+    needles draws from every video of the pool (1,430 in stage 5), and decoding each anew was two thirds of
+    its data time."""
+    return _decode.__wrapped__(data)[:1].copy()
+
+
 def _image(data: bytes) -> np.ndarray:
     from PIL import Image
 
@@ -226,8 +235,12 @@ def needle_sample(pool: tuple[dict[str, Any], ...], frames: int, rng: np.random.
         raise ValueError("needle samples need videos in the stage's sets")
     parts, need = [], frames
     while need > 0:
-        allf = _decode(pool[videos[int(rng.integers(len(videos)))]]["mp4"])
-        take = allf[np.unique(np.linspace(0, len(allf) - 1, min(need, len(allf))).round().astype(int))]
+        data = pool[videos[int(rng.integers(len(videos)))]]["mp4"]
+        if need == 1:
+            take = _first_frame(data)
+        else:
+            allf = _decode(data)
+            take = allf[np.unique(np.linspace(0, len(allf) - 1, min(need, len(allf))).round().astype(int))]
         parts.append(take)
         need -= len(take)
     hay = np.concatenate(parts)[:frames]
@@ -440,8 +453,9 @@ def stream(data_root: str | Path, sets: tuple[str, ...], phase: Phase, seed: int
            needle_mc_frac: float = 0.0, loss_weighting: str = "token",
            mc_text_frac: float = 0.0, needle_hand_frac: float = 0.5,
            cards: int = 0, code_repeat_frac: float = 0.0,
-           pointer_text_frac: float = 0.0, pointers: int = 0) -> Iterator[dict[str, Any]]:
-    """Endless micro-batches of a dp rank, starting at micro-batch ``skip`` (see the module docstring).
+           pointer_text_frac: float = 0.0, pointers: int = 0, stride: int = 1) -> Iterator[dict[str, Any]]:
+    """Endless micro-batches of a dp rank, starting at micro-batch ``skip`` (see the module docstring), every
+    ``stride``-th one (``shared_stream`` deals a stream's micro-batches over the ranks of an SP group).
 
     Micro-batch m holds the samples at stream positions [m*B, (m+1)*B); a sample that fails to decode is
     dropped from its batch and counted in ``skipped`` (a batch left empty takes the next positions).
@@ -509,6 +523,27 @@ def stream(data_root: str | Path, sets: tuple[str, ...], phase: Phase, seed: int
                 continue
             truncated += it["truncated"]
             items.append(it)
-        m += 1
+        m += stride
         if items:
             yield {**pack(items, loss_weighting), "skipped": skipped, "truncated": truncated}
+
+
+def shared_stream(make: Any, skip: int, group: Any) -> Iterator[dict[str, Any]]:
+    """The micro-batches ``make(skip, 1)`` yields, built once per sequence-parallel group instead of once per
+    rank: rank r of the n ranks of ``group`` builds micro-batches skip + r, skip + r + n, ... (``make(start,
+    stride)``, a ``stream`` with those arguments) and the group exchanges them
+    (``longvila.parallel.comm.exchange``), so every rank yields the same sequence as before with 1/n of the
+    data work. ``skipped`` and ``truncated`` are summed over the ranks' streams. A micro-batch whose samples
+    all fail is replaced by the next of the same rank's stream (n positions on, not one)."""
+    from longvila.parallel.comm import exchange, group_rank, group_size
+
+    n = group_size(group)
+    if n == 1:
+        yield from make(skip, 1)
+        return
+    own = make(skip + group_rank(group), n)
+    while True:
+        got = exchange(next(own), group)
+        counts = {k: sum(int(b.get(k, 0)) for b in got) for k in ("skipped", "truncated")}
+        for b in got:
+            yield {**b, **counts}

@@ -148,13 +148,19 @@ def make_task(cfg: StageConfig, data_root: str | Path) -> Task:
         return model
 
     def batches(pi: int, phase: Phase, skip: int, ctx: Context) -> Iterator[dict[str, Any]]:
-        return datasource.stream(data_root, cfg.data.sets, phase, seed=cfg.seed * 1000 + pi, skip=skip,
-                                 dp_rank=ctx.dp_rank, dp=ctx.dp, seq_len=cfg.data.seq_len,
-                                 processor=state["processor"], needle_frac=cfg.data.needle_frac, max_turns=cfg.data.max_turns,
-                                 needle_mc_frac=cfg.data.needle_mc_frac, loss_weighting=cfg.data.loss_weighting,
-                                 mc_text_frac=cfg.data.mc_text_frac, needle_hand_frac=cfg.data.needle_hand_frac,
-                                 cards=cfg.data.cards, code_repeat_frac=cfg.data.code_repeat_frac,
-                                 pointer_text_frac=cfg.data.pointer_text_frac, pointers=cfg.data.pointers)
+        def make(start: int, stride: int) -> Iterator[dict[str, Any]]:
+            d = cfg.data
+            return datasource.stream(
+                data_root, d.sets, phase, seed=cfg.seed * 1000 + pi, skip=start, stride=stride,
+                dp_rank=ctx.dp_rank, dp=ctx.dp, seq_len=d.seq_len, processor=state["processor"],
+                needle_frac=d.needle_frac, max_turns=d.max_turns, needle_mc_frac=d.needle_mc_frac,
+                loss_weighting=d.loss_weighting, mc_text_frac=d.mc_text_frac, needle_hand_frac=d.needle_hand_frac,
+                cards=d.cards, code_repeat_frac=d.code_repeat_frac, pointer_text_frac=d.pointer_text_frac,
+                pointers=d.pointers)
+
+        # the ranks of an SP group train on the same micro-batches: each builds 1/sp of them (identical batches)
+        share = cfg.parallel.share_batches and ctx.mesh is not None and ctx.sp > 1
+        return datasource.shared_stream(make, skip, ctx.mesh.sp_group) if share else make(skip, 1)
 
     def evaluate(model, ctx: Context) -> dict[str, Any]:
         from longvila.pipelines.evaluate import pointer_qa, short_video_qa

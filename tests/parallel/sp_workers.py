@@ -296,3 +296,40 @@ def inference_worker(rank: int, world: int, layouts: list) -> dict:
 def mmsp_and_inference_worker(rank: int, world: int, layouts: list, inference_layouts: list) -> dict:
     """Both checks in one launch (process start-up is the expensive part here)."""
     return {**mmsp_worker(rank, world, layouts), **inference_worker(rank, world, inference_layouts)}
+
+
+def exchange_worker(rank: int, world: int) -> list:
+    """Each rank sends tensors of its own shapes and plain values; returns what it received, as lists."""
+    from longvila.parallel.comm import exchange
+
+    img = (torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).view(2, 3, 4, 5) + rank).to(
+        memory_format=torch.channels_last)
+    obj = {"ids": torch.arange(rank + 3)[None], "pix": torch.full((rank + 1, 2), rank + 0.5), "none": None,
+           "names": [f"r{rank}"] * (rank + 1), "n": rank, "img": img}
+    got = exchange(obj, dist.group.WORLD)
+    return [[(k, v.dtype, v.tolist(), v.stride()) if isinstance(v, torch.Tensor) else (k, v) for k, v in g.items()]
+            for g in got]
+
+
+def shared_stream_worker(rank: int, world: int, data_root: str) -> list:
+    """The shared stream of the group against one rank's own stream of the same phase: equal batches."""
+    from longvila.model import LongVILAProcessor, tiny_config
+    from longvila.pipelines import datasource as ds
+    from longvila.pipelines.config import Phase
+
+    proc = LongVILAProcessor.from_config(tiny_config())
+
+    def make(start, stride):
+        return ds.stream(data_root, ("short_sft",), Phase(4, 3, 1), seed=7, skip=start, stride=stride, dp_rank=0,
+                         dp=1, seq_len=256, processor=proc, needle_frac=0.4, cards=1, code_repeat_frac=0.5)
+
+    shared, own, out = ds.shared_stream(make, 3, dist.group.WORLD), make(3, 1), []
+    for _ in range(5):
+        a, b = next(shared), next(own)
+        # the same values in the same memory layout (pixel values are channels-last: a contiguous copy would
+        # take other convolution kernels and round differently)
+        same = a.keys() == b.keys() and all(
+            torch.equal(a[k], b[k]) and a[k].stride() == b[k].stride() if isinstance(b[k], torch.Tensor)
+            else a[k] == b[k] for k in b)
+        out.append((same, a["sample_ids"]))
+    return out

@@ -83,6 +83,19 @@ def test_needle_sample_has_the_card_and_the_code_as_answer(pool):
     assert int(brightness.argmax()) == at
 
 
+def test_one_frame_needle_takes_frame_zero_from_the_first_frame_cache(pool):
+    from longvila.data.video_io import read_frames
+    from longvila.model import LongVILAProcessor, tiny_config
+
+    proc = LongVILAProcessor.from_config(tiny_config())
+    first = read_frames(pool[0]["mp4"])[:1]
+    assert np.array_equal(ds._first_frame(pool[0]["mp4"]), first)
+    s = ds.needle_sample(pool, 1, np.random.default_rng(3), proc)
+    at = int(s["id"].split("-")[2].split("of")[0])
+    assert s["num_frames"] == [2]
+    assert torch.equal(s["pixel_values"][1 - at], proc.preprocess_frames(first)[0])
+
+
 def test_pick_turns_keeps_pairs_in_order_and_the_placeholder_first():
     conv = []
     for i in range(5):
