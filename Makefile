@@ -18,7 +18,7 @@ export PYTHONUNBUFFERED ?= 1
 
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
 
-.PHONY: all setup browser-setup lmms-eval data train-all-stages needle videomme leaderboards bench bench-sp bench-packed bench-data gpu-check test test-fast lint tokenizer clean
+.PHONY: all setup browser-setup lmms-eval data train-all-stages needle videomme leaderboards bench bench-sp bench-packed bench-data bench-batches gpu-check test test-fast lint tokenizer clean
 
 all: setup data train-all-stages needle videomme leaderboards
 	@echo "leaderboard: leaderboards/README.md and leaderboards/index.html"
@@ -65,7 +65,7 @@ lmms-eval: setup
 leaderboards: setup
 	$(LV) leaderboards build
 
-bench: bench-sp bench-packed bench-data
+bench: bench-sp bench-packed bench-data bench-batches
 
 bench-sp: setup
 	$(LV) parallel bench --out $(ART)/bench/sp --publish
@@ -76,6 +76,10 @@ bench-packed: setup
 
 bench-data: setup
 	$(LV) data bench --out $(ART)/bench/data --publish
+
+# the data side of an SP step: every rank building every micro-batch vs the group sharing them (after make data)
+bench-batches: setup
+	$(PY) -m longvila.pipelines.bench_batches --data $(ART)/data --out $(ART)/bench/batches.json
 
 # the checks that need a GPU (at most 10 minutes on one): exits at once, status 2, without a CUDA device
 gpu-check: setup

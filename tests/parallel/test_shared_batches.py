@@ -35,3 +35,26 @@ def test_shared_stream_yields_the_batches_each_rank_would_build(tmp_path):
     assert all(same for rank in out for same, _ in rank)
     assert [ids for _, ids in out[0]] == [ids for _, ids in out[1]]  # both ranks train on the same batches
     assert len({tuple(ids) for _, ids in out[0]}) == 5  # and they move on
+
+
+@pytest.mark.slow
+def test_batch_bench_times_each_way_side_by_side(tmp_path, capsys):
+    from longvila.data import sets
+    from longvila.pipelines import bench_batches
+
+    cfg = sets.BuildConfig()
+    for s in (cfg.short_sft, cfg.long_sft):
+        s.num_samples, s.per_shard = 4, 4
+    cfg.long_sft.min_frames = cfg.long_sft.max_frames = 120
+    sets.build(cfg, tmp_path / "data", sets=("short_sft", "long_sft"), workers=1)
+    assert bench_batches.main(["--data", str(tmp_path / "data"), "--batches", "2", "--warm", "1", "--out",
+                               str(tmp_path / "b.json")]) == 0
+    text = capsys.readouterr().out
+    assert "shared over the SP group" in text and "no first-frame cache" in text
+    import json
+
+    table = json.loads((tmp_path / "b.json").read_text())["seconds_per_micro_batch"]
+    assert set(table) == set(bench_batches.PHASES)
+    for name, row in table.items():
+        assert all(0 < s < 600 for s in row.values())
+        assert ("every rank builds all, no first-frame cache" in row) == name.startswith("1 frame")
