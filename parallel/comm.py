@@ -216,18 +216,11 @@ def exchange(obj: dict, group) -> list[dict]:
     header = json.dumps({"order": list(obj), "plain": {k: v for k, v in obj.items() if k not in tensors},
                          "tensors": {k: [_DTYPES.index(v.dtype), [v.shape[i] for i in perms[k]], perms[k]]
                                      for k, v in tensors.items()}})
-    raw = torch.frombuffer(bytearray(header.encode()), dtype=torch.uint8)
-    sizes = torch.empty(n, dtype=torch.int64, device=dev)
-    dist.all_gather_single(sizes, torch.tensor([raw.numel()], dtype=torch.int64, device=dev), group=group)
-    width = int(sizes.max())
-    buf = torch.zeros(width, dtype=torch.uint8, device=dev)
-    buf[: raw.numel()] = raw.to(dev)
-    heads = torch.empty(n * width, dtype=torch.uint8, device=dev)
-    dist.all_gather_single(heads, buf, group=group)
-    heads = heads.view(n, width).cpu()
+    raw = torch.frombuffer(bytearray(header.encode()), dtype=torch.uint8).to(dev)
+    text, at = bytes(all_gather_varlen(raw, group).cpu().tolist()).decode(), 0  # the n headers back to back
     me, out = group_rank(group), []
-    for src, size in enumerate(sizes.tolist()):
-        head = json.loads(bytes(heads[src, :size].tolist()).decode())
+    for src in range(n):
+        head, at = json.JSONDecoder().raw_decode(text, at)
         got = dict(head["plain"])
         for k, (dt, shape, perm) in head["tensors"].items():
             t = tensors[k].permute(perm).contiguous().to(dev) if src == me else torch.empty(

@@ -159,7 +159,8 @@ def make_task(cfg: StageConfig, data_root: str | Path) -> Task:
                 pointers=d.pointers)
 
         # the ranks of an SP group train on the same micro-batches: each builds 1/sp of them (identical batches)
-        share = cfg.parallel.share_batches and ctx.mesh is not None and ctx.sp > 1
+        # (a one-rank SP group builds its own: shared_stream is then make(skip, 1))
+        share = cfg.parallel.share_batches and ctx.mesh is not None
         return datasource.shared_stream(make, skip, ctx.mesh.sp_group) if share else make(skip, 1)
 
     def evaluate(model, ctx: Context) -> dict[str, Any]:
