@@ -72,7 +72,8 @@ class Phase:
     fresh card as a four-option question (``PHASE_KEYS``; ``frames:batch:steps:needle_mc_frac=1.0``);
     ``qa_mc_frac`` asks the sets' own questions afresh, that share of them with four options (None: as the
     sets were built, 30% of them); ``cards_mc_frac`` asks that share of the fresh cards with four options (None:
-    the phase's ``needle_mc_frac``), so the cards can stay open captions while needles are asked in letters."""
+    the phase's ``needle_mc_frac``), so the cards can stay open captions while needles are asked in letters;
+    ``code_near_frac`` sets the data group's field for the phase (close distractors once the letter is learnt)."""
 
     frames: int
     batch: int
@@ -84,10 +85,11 @@ class Phase:
     cards: int | None = None
     qa_mc_frac: float | None = None
     cards_mc_frac: float | None = None
+    code_near_frac: float | None = None
 
 
 # the data fields a curriculum phase may set for itself (``key=value`` after frames:batch:steps[:pointer[:form]])
-PHASE_KEYS = ("needle_frac", "needle_mc_frac", "cards", "qa_mc_frac", "cards_mc_frac")
+PHASE_KEYS = ("needle_frac", "needle_mc_frac", "cards", "qa_mc_frac", "cards_mc_frac", "code_near_frac")
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,9 @@ class DataCfg:
     # share of needle and fresh-card codes that repeat a digit (uniform 3-digit codes: 28%). The model tends to
     # infer which cell to read next from the digits it has written, so "778" came out as "777"
     code_repeat_frac: float = 0.0
+    # share of four-option needle and card questions whose distractors are one digit away from the code ("474"
+    # against "477", "444", "414") instead of its reverse and random codes: the letter then needs every digit read
+    code_near_frac: float = 0.0
     # how a micro-batch's answer tokens share the loss: "token" (plain mean), "square" (a sample of n answer
     # tokens weighs 1/sqrt(n) per token, InternVL 2.5's square averaging) or "sample" (each sample equal)
     loss_weighting: str = "token"
@@ -136,6 +141,10 @@ class ScheduleCfg:
     kind: str = "cosine"  # "cosine" or "constant" (both with linear warmup)
     min_lr_ratio: float = 0.1  # cosine floor as a fraction of the peak
     grad_accum: int = 1  # micro-batches per optimizer step
+    # curriculum phases (0-based indices) that hold the schedule: they run at the lr where it stands when they
+    # begin, and the cosine runs over the other phases' steps alone, so phases inserted into a recipe leave the
+    # lr of every other step where it was
+    hold_phases: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -524,11 +533,18 @@ def validate(cfg: StageConfig, world_size: int | None = None) -> None:
             raise ConfigError(f"{name}={v} must be >= 1")
     if cfg.total_steps < 1:
         raise ConfigError("schedule.steps (or the curriculum) must give at least one step")
+    bad = [i for i in cfg.schedule.hold_phases if not 0 <= i < len(cfg.data.curriculum)]
+    if bad:
+        raise ConfigError(f"schedule.hold_phases={list(cfg.schedule.hold_phases)}: {bad} not a phase of "
+                          f"data.curriculum ({len(cfg.data.curriculum)} phases)")
+    if cfg.data.curriculum and sum(p.steps for i, p in enumerate(cfg.data.curriculum)
+                                   if i not in cfg.schedule.hold_phases) < 1:
+        raise ConfigError("schedule.hold_phases holds every step of data.curriculum: nothing left to schedule")
     for i, ph in enumerate(cfg.data.curriculum):
         if ph.frames < 0 or ph.batch < 1 or ph.steps < 0 or not 0.0 <= ph.pointer <= 1.0:
             raise ConfigError(f"data.curriculum[{i}]={ph}: needs frames >= 0, batch >= 1, steps >= 0 and "
                               "pointer in [0, 1]")
-        for k in ("needle_frac", "needle_mc_frac", "qa_mc_frac", "cards_mc_frac"):
+        for k in ("needle_frac", "needle_mc_frac", "qa_mc_frac", "cards_mc_frac", "code_near_frac"):
             if getattr(ph, k) is not None and not 0.0 <= getattr(ph, k) <= 1.0:
                 raise ConfigError(f"data.curriculum[{i}]: {k}={getattr(ph, k)} must be in [0, 1]")
         if ph.cards is not None and ph.cards < 0:
@@ -546,7 +562,7 @@ def validate(cfg: StageConfig, world_size: int | None = None) -> None:
         raise ConfigError(f"data.cards={cfg.data.cards} and data.pointers={cfg.data.pointers} must be >= 0")
     for name, v in (("data.needle_frac", cfg.data.needle_frac), ("data.needle_mc_frac", cfg.data.needle_mc_frac),
                     ("data.mc_text_frac", cfg.data.mc_text_frac), ("data.pointer_text_frac", cfg.data.pointer_text_frac),
-                    ("data.code_repeat_frac", cfg.data.code_repeat_frac),
+                    ("data.code_repeat_frac", cfg.data.code_repeat_frac), ("data.code_near_frac", cfg.data.code_near_frac),
                     ("data.needle_hand_frac", cfg.data.needle_hand_frac)):
         if not 0.0 <= v <= 1.0:
             raise ConfigError(f"{name}={v} must be in [0, 1]")

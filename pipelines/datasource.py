@@ -219,14 +219,14 @@ def encode_question(processor, media: str, question: str, answer: str, num_frame
 def needle_sample(pool: tuple[dict[str, Any], ...], frames: int, rng: np.random.Generator, processor,
                   code_digits: int = 3, mc_frac: float = 0.0, hand_frac: float = 0.5,
                   repeat_frac: float = 0.0, form: str = "videomme",
-                  videos: list[int] | None = None) -> dict[str, Any]:
+                  videos: list[int] | None = None, near_frac: float = 0.0) -> dict[str, Any]:
     """A synthetic needle-in-a-haystack sample: ``frames`` haystack frames (uniform samples of the pool's
     videos, several videos if one is too short) with a code card (handwritten with train-split digits with
     probability ``hand_frac``, else printed) inserted at a random depth, and the question the needle
     evaluation asks, with probability ``mc_frac`` in the four-option form (``code_question``) asked in ``form``
     (``encode_question``); with probability ``repeat_frac`` the code repeats a digit (``world.random_code``).
-    ``videos``: the indices of the pool's videos, when the caller has listed them once. Returns what
-    ``encode_sample`` returns."""
+    ``near_frac``: see ``code_question``. ``videos``: the indices of the pool's videos, when the caller has
+    listed them once. Returns what ``encode_sample`` returns."""
     from longvila.data.world import random_card
 
     if videos is None:
@@ -247,21 +247,44 @@ def needle_sample(pool: tuple[dict[str, Any], ...], frames: int, rng: np.random.
     code, card = random_card(rng, "train", hay.shape[1], hay.shape[2], hand_frac, code_digits, repeat_frac)
     at = int(rng.integers(0, len(hay) + 1))
     video = np.concatenate([hay[:at], card[None], hay[at:]])
-    question, answer = code_question(code, rng, mc_frac)
+    question, answer = code_question(code, rng, mc_frac, near_frac)
     enc = encode_question(processor, "<video>", question, answer, [len(video)], form)
     return {"input_ids": enc["input_ids"], "labels": enc["labels"], "pixel_values": processor.preprocess_frames(video),
             "num_frames": [len(video)], "id": f"needle-{code}-{at}of{len(video)}", "truncated": False}
 
 
-def code_question(code: str, rng: np.random.Generator, mc_frac: float = 0.0) -> tuple[str, str]:
+def near_codes(code: str, rng: np.random.Generator) -> set[str]:
+    """Codes one digit away from ``code``: every place rewritten with another of the code's own digits (the
+    misreadings a reader makes when it guesses a cell from the digits it has written: "474" -> "477", "444")
+    and, for each place, one random other digit."""
+    out = {code[:i] + d + code[i + 1:] for i in range(len(code)) for d in set(code) if d != code[i]}
+    for i in range(len(code)):
+        d = str((int(code[i]) + int(rng.integers(1, 10))) % 10)
+        out.add(code[:i] + d + code[i + 1:])
+    return out
+
+
+def code_question(code: str, rng: np.random.Generator, mc_frac: float = 0.0,
+                  near_frac: float = 0.0) -> tuple[str, str]:
     """(question, answer) asking for a card's code: the needle evaluation's own question, answered with the code,
     or with probability ``mc_frac`` the same question in the four-option form (the reversed code and random
-    codes as distractors) answered with the letter, as the data sets ask their questions."""
+    codes as distractors) answered with the letter, as the data sets ask their questions. With probability
+    ``near_frac`` (drawn only when it is set) a four-option question takes close distractors instead: codes one
+    digit away (``near_codes``) from a centre that is the code or one of its neighbours, so that the letter needs
+    every digit read and the most central option is no cue."""
     from longvila.data.questions import mc_options, mc_prompt
     from longvila.eval.prompts import needle_question  # the very question the needle evaluation asks
 
     if mc_frac and rng.random() < mc_frac:
-        others = {code[::-1], *("".join(str(int(d)) for d in rng.integers(0, 10, len(code))) for _ in range(6))}
+        if near_frac and rng.random() < near_frac:
+            # four codes one digit apart, around a centre that is the code one time in four: the option closest
+            # to all the others is then no cue to the answer
+            near = sorted(near_codes(code, rng))
+            centre = code if rng.random() < 0.25 else near[int(rng.integers(len(near)))]
+            ring = sorted(near_codes(centre, rng) - {code})
+            others = set(near) if centre == code else {centre, *(ring[i] for i in rng.choice(len(ring), 2, replace=False))}
+        else:
+            others = {code[::-1], *("".join(str(int(d)) for d in rng.integers(0, 10, len(code))) for _ in range(6))}
         mc = mc_options(rng, code, sorted(others - {code}))
         if mc is not None:
             return mc_prompt(needle_question(), mc[0]), mc[1]
@@ -281,16 +304,16 @@ def card_caption(code: str) -> str:
 
 def card_sample(rng: np.random.Generator, processor, size: int, hand_frac: float = 0.5,
                 code_digits: int = 3, mc_frac: float = 0.0, repeat_frac: float = 0.0,
-                form: str = "videomme") -> dict[str, Any]:
+                form: str = "videomme", near_frac: float = 0.0) -> dict[str, Any]:
     """A freshly drawn code card (training split; handwritten with probability ``hand_frac``, else printed) as
     an image-caption sample in the align set's form ("A card shows the code 471.") or, with probability
-    ``mc_frac``, asked for its code in the four-option form (``code_question``, in ``form``). Unlike the align set's fixed
-    cards, every call renders a new code, typeface or handwriting, size and offset, so reading is learnt from
-    unlimited renderings. Returns what ``encode_sample`` returns (one frame of ``size`` x ``size``)."""
+    ``mc_frac``, asked for its code in the four-option form (``code_question``, in ``form``; ``near_frac``
+    there). Unlike the align set's fixed cards, every call renders a new code, typeface or handwriting, size
+    and offset, so reading is learnt from unlimited renderings. Returns what ``encode_sample`` returns (one frame of ``size`` x ``size``)."""
     from longvila.data.world import random_card
 
     code, card = random_card(rng, "train", size, size, hand_frac, code_digits, repeat_frac)
-    question, answer = code_question(code, rng, 1.0) if mc_frac and rng.random() < mc_frac else (
+    question, answer = code_question(code, rng, 1.0, near_frac) if mc_frac and rng.random() < mc_frac else (
         CARD_PROMPT, card_caption(code))
     enc = encode_question(processor, "<image>", question, answer, [1], form)
     return {"input_ids": enc["input_ids"], "labels": enc["labels"], "pixel_values": processor.preprocess_frames(card[None]),
@@ -453,7 +476,8 @@ def stream(data_root: str | Path, sets: tuple[str, ...], phase: Phase, seed: int
            needle_mc_frac: float = 0.0, loss_weighting: str = "token",
            mc_text_frac: float = 0.0, needle_hand_frac: float = 0.5,
            cards: int = 0, code_repeat_frac: float = 0.0,
-           pointer_text_frac: float = 0.0, pointers: int = 0, stride: int = 1) -> Iterator[dict[str, Any]]:
+           pointer_text_frac: float = 0.0, pointers: int = 0, stride: int = 1,
+           code_near_frac: float = 0.0) -> Iterator[dict[str, Any]]:
     """Endless micro-batches of a dp rank, starting at micro-batch ``skip`` (see the module docstring), every
     ``stride``-th one (``shared_stream`` deals a stream's micro-batches over the ranks of an SP group).
 
@@ -467,20 +491,24 @@ def stream(data_root: str | Path, sets: tuple[str, ...], phase: Phase, seed: int
     handwritten at ``needle_hand_frac``, asked in the multiple-choice form at ``needle_mc_frac``); a text-only
     phase (``frames=0``) has none.
     ``code_repeat_frac``: the share of needle and fresh-card codes that repeat a digit (``world.random_code``).
+    ``code_near_frac``: the share of four-option needle and card questions whose distractors are one digit away
+    from the code (``code_question``).
     ``phase.pointer``: the fraction replaced by ``pointer_sample``s, a ``pointer_text_frac`` share of them over the
     sets' option texts (``option_texts``), the rest over single words (``pointer_words``), in ``phase.form``.
     ``pointers``: pointer questions added to every micro-batch besides (the same mix and form), which keep the
     binding through phases that teach something else.
-    ``phase.needle_frac``, ``phase.needle_mc_frac``, ``phase.cards``: where set, they replace the arguments of
-    the same names for this phase; ``phase.cards_mc_frac``: where set, the cards' multiple-choice share instead
+    ``phase.needle_frac``, ``phase.needle_mc_frac``, ``phase.cards``, ``phase.code_near_frac``: where set, they
+    replace the arguments of the same names for this phase; ``phase.cards_mc_frac``: where set, the cards' multiple-choice share instead
     of the phase's needle one; ``phase.qa_mc_frac``: where set, the sets' questions are asked afresh, that
     share of them in the four-option form (``reask``).
     """
     from longvila.data.video_io import VideoError
 
     # a phase's own needle share, multiple-choice share and fresh cards replace the stage's
-    needle_frac, needle_mc_frac, cards = (d if getattr(phase, k) is None else getattr(phase, k) for k, d in (
-        ("needle_frac", needle_frac), ("needle_mc_frac", needle_mc_frac), ("cards", cards)))
+    needle_frac, needle_mc_frac, cards, code_near_frac = (
+        d if getattr(phase, k) is None else getattr(phase, k) for k, d in (
+            ("needle_frac", needle_frac), ("needle_mc_frac", needle_mc_frac), ("cards", cards),
+            ("code_near_frac", code_near_frac)))
     cards_mc_frac = needle_mc_frac if phase.cards_mc_frac is None else phase.cards_mc_frac
     pool = load_pool(str(data_root), tuple(sets))
     mc_cands = mc_candidates(pool) if mc_text_frac else ()
@@ -499,7 +527,7 @@ def stream(data_root: str | Path, sets: tuple[str, ...], phase: Phase, seed: int
         for _ in range(n_needle):
             items.append(needle_sample(pool, phase.frames, rng, processor, mc_frac=needle_mc_frac,
                                        hand_frac=needle_hand_frac, repeat_frac=code_repeat_frac, form=phase.form,
-                                       videos=videos))
+                                       videos=videos, near_frac=code_near_frac))
         n_mc = min(int(mc_text_frac * phase.batch + rng.random()), phase.batch - n_needle) if mc_text_frac else 0
         for _ in range(n_mc):
             items.append(mc_text_sample(pool, rng, processor, mc_cands))
@@ -510,7 +538,8 @@ def stream(data_root: str | Path, sets: tuple[str, ...], phase: Phase, seed: int
                                         else pointer_words(), phase.form))
         for _ in range(cards):
             items.append(card_sample(rng, processor, processor.settings.image_size, needle_hand_frac,
-                                     mc_frac=cards_mc_frac, repeat_frac=code_repeat_frac, form=phase.form))
+                                     mc_frac=cards_mc_frac, repeat_frac=code_repeat_frac, form=phase.form,
+                                     near_frac=code_near_frac))
         for i in rank_order(len(pool), seed, dp_rank, dp, m * phase.batch, phase.batch - n_needle - n_mc - n_ptr):
             seen += 1
             try:

@@ -76,9 +76,26 @@ def ds_config(cfg: StageConfig, micro_batch: int, world_size: int) -> dict[str, 
     return conf
 
 
+def schedule_clock(cfg: StageConfig, step: int) -> int:
+    """The schedule's position at optimizer step ``step``: the step itself, less the steps of the phases in
+    ``schedule.hold_phases`` before it (a held phase's steps all stand where the phase begins)."""
+    held = set(cfg.schedule.hold_phases)
+    if not held:
+        return step
+    clock, start = 0, 0
+    for i, p in enumerate(cfg.data.curriculum):
+        if step < start + p.steps:
+            return clock + (0 if i in held else step - start)
+        start += p.steps
+        clock += 0 if i in held else p.steps
+    return clock + step - start
+
+
 def lr_lambda(cfg: StageConfig):
-    """step -> multiplier of the peak lr: linear warmup, then cosine to min_lr_ratio, or constant."""
-    total, warm, floor = cfg.total_steps, cfg.schedule.warmup_steps, cfg.schedule.min_lr_ratio
+    """step -> multiplier of the peak lr: linear warmup, then cosine to min_lr_ratio, or constant; the cosine
+    runs on ``schedule_clock`` (held phases stay at the lr where they begin)."""
+    warm, floor = cfg.schedule.warmup_steps, cfg.schedule.min_lr_ratio
+    total = schedule_clock(cfg, cfg.total_steps)
     kind = cfg.schedule.kind
 
     def f(step: int) -> float:
@@ -86,7 +103,7 @@ def lr_lambda(cfg: StageConfig):
             return (step + 1) / warm
         if kind == "constant":
             return 1.0
-        t = min(1.0, (step - warm) / max(1, total - warm))
+        t = min(1.0, max(0.0, (schedule_clock(cfg, step) - warm) / max(1, total - warm)))
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
 
     return f

@@ -156,7 +156,7 @@ def make_task(cfg: StageConfig, data_root: str | Path) -> Task:
                 needle_frac=d.needle_frac, max_turns=d.max_turns, needle_mc_frac=d.needle_mc_frac,
                 loss_weighting=d.loss_weighting, mc_text_frac=d.mc_text_frac, needle_hand_frac=d.needle_hand_frac,
                 cards=d.cards, code_repeat_frac=d.code_repeat_frac, pointer_text_frac=d.pointer_text_frac,
-                pointers=d.pointers)
+                pointers=d.pointers, code_near_frac=d.code_near_frac)
 
         # the ranks of an SP group train on the same micro-batches: each builds 1/sp of them (identical batches)
         # (a one-rank SP group builds its own: shared_stream is then make(skip, 1))

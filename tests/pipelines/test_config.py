@@ -137,18 +137,20 @@ def test_overrides_are_typed():
     ("data.pointers=-2", "data.pointers=-2 must be >= 0"),
     ("data.curriculum=0:8:2:1.0:chat", r"data.curriculum\[0\]: pointer form 'chat'; choose one of videomme"),
     ("data.pointer_text_frac=1.5", "data.pointer_text_frac=1.5 must be in"),
+    ("data.code_near_frac=-0.5", "data.code_near_frac=-0.5 must be in"),
     ("data.curriculum=8:4", "phase '8:4' is not frames:batch:steps"),
     ("data.curriculum=8:4:2:half", "is not frames:batch:steps.:pointer.:form.."),
     ("data.curriculum=8:4:2:1.5", r"data.curriculum\[0\]=.*pointer in \[0, 1\]"),
     ("data.curriculum=8:0:2", r"data.curriculum\[0\]=.*batch >= 1"),
     ("data.curriculum=8:4:2:mc=1", "unknown phase key 'mc'; choose from needle_frac, needle_mc_frac, cards, qa_mc_frac, "
-                                    "cards_mc_frac"),
+                                    "cards_mc_frac, code_near_frac"),
     ("data.curriculum=8:4:cards=1:2", "is not frames:batch:steps.*key=value"),
     ("data.curriculum=8:4:2:cards=two", "is not frames:batch:steps.*key=value"),
     ("data.curriculum=8:4:2:needle_mc_frac=2", r"data.curriculum\[0\]: needle_mc_frac=2.0 must be in \[0, 1\]"),
     ("data.curriculum=8:4:2:cards=-1", r"data.curriculum\[0\]: cards=-1 must be >= 0"),
     ("data.curriculum=8:4:2:qa_mc_frac=-1", r"data.curriculum\[0\]: qa_mc_frac=-1.0 must be in \[0, 1\]"),
     ("data.curriculum=8:4:2:cards_mc_frac=3", r"data.curriculum\[0\]: cards_mc_frac=3.0 must be in \[0, 1\]"),
+    ("data.curriculum=8:4:2:code_near_frac=-1", r"data.curriculum\[0\]: code_near_frac=-1.0 must be in \[0, 1\]"),
     ("model.dynamic_yarn_positions=-5", "model.dynamic_yarn_positions=-5 must be >= 0"),
 ])
 def test_bad_overrides_name_the_key(bad, match):
@@ -178,6 +180,29 @@ def test_lr_schedule_warmup_cosine_and_constant():
     assert all(f(i) >= f(i + 1) for i in range(10, 100))
     g = lr_lambda(apply_overrides(cfg, ["schedule.kind=constant"]))
     assert g(5) == pytest.approx(0.6) and g(50) == g(99) == 1.0
+
+
+def test_held_phases_keep_the_lr_of_every_other_step():
+    """Phases inserted with ``schedule.hold_phases`` run at the lr where the schedule stands when they begin;
+    every other step keeps the lr it had without them."""
+    from longvila.pipelines.engine import lr_lambda, schedule_clock
+
+    base = apply_overrides(stage5(), ["data.curriculum=32:16:30,64:8:20,32:16:50", "schedule.warmup_steps=10"])
+    grown = apply_overrides(base, ["data.curriculum=32:16:30,1:64:40,1:64:25,64:8:20,32:16:50",
+                                   "schedule.hold_phases=1,2"])
+    f, g = lr_lambda(base), lr_lambda(grown)
+    assert grown.total_steps == base.total_steps + 65
+    assert [schedule_clock(grown, s) for s in (29, 30, 69, 94, 95, 164)] == [29, 30, 30, 30, 30, 99]
+    for s in range(base.total_steps):
+        assert g(s + 65 * (s >= 30)) == pytest.approx(f(s), abs=1e-12)
+    assert all(g(s) == pytest.approx(f(30)) for s in range(30, 95)) and g(164) == pytest.approx(f(99))
+    unheld = lr_lambda(apply_overrides(grown, ["schedule.hold_phases="]))
+    assert unheld(120) < g(120)  # without the hold the later phases run lower down the cosine
+    with pytest.raises(ConfigError, match=r"schedule.hold_phases=\[1, 5\]: \[5\] not a phase of data.curriculum "
+                                          r"\(5 phases\)"):
+        apply_overrides(grown, ["schedule.hold_phases=1,5"])
+    with pytest.raises(ConfigError, match="holds every step"):
+        apply_overrides(base, ["schedule.hold_phases=0,1,2"])
 
 
 def test_sp_loss_scale_turns_world_mean_into_sum_over_sp_mean_over_dp():

@@ -209,6 +209,21 @@ def test_a_phase_own_mix_replaces_the_stage_one(tmp_path):
     stage = next(ds.stream(tmp_path, ("short_sft",), Phase(4, 4, 1), **kw))["sample_ids"]
     assert sum(i.startswith("card-") for i in stage) == 3 and not any(i.startswith("needle-") for i in stage)
 
+    # close distractors for the phase alone: every option one or two digits from its sample's code
+    def options_near(batch) -> bool:
+        text = proc.decode(batch["input_ids"][0].tolist(), skip_special_tokens=False)
+        codes = [i.split("-")[1] for i in batch["sample_ids"]]
+        blocks = text.split("What is the secret code shown in the video?")[1:]
+        assert len(blocks) == len(codes) == 6
+        return all(sum(x != y for x, y in zip(line[3:6], code, strict=True)) <= 2
+                   for code, block in zip(codes, blocks, strict=True) for line in block.split("\n")[1:5])
+
+    near = Phase(4, 4, 1, needle_frac=1.0, needle_mc_frac=1.0, cards=2, code_near_frac=1.0)
+    assert options_near(next(ds.stream(tmp_path, ("short_sft",), near, **kw)))
+    assert not options_near(own)  # the reversed and random codes
+    assert options_near(next(ds.stream(tmp_path, ("short_sft",), Phase(4, 4, 1, needle_frac=1.0, needle_mc_frac=1.0,
+                                                                        cards=2), **kw, code_near_frac=1.0)))
+
 
 def test_reask_asks_the_sets_questions_afresh_in_either_form(tmp_path):
     from longvila.data import questions as Q
@@ -452,3 +467,32 @@ def test_four_option_code_questions_in_each_form():
     assert "<|im_start|>" in proc.decode(open_q["input_ids"].tolist(), skip_special_tokens=False)
     with pytest.raises(ValueError, match="question form 'chat': choose one of videomme, no-header, oneline"):
         ds.encode_question(proc, "<video>", "q", "a", [2], "chat")
+
+
+def test_close_distractors_are_one_digit_away_and_the_centre_is_no_cue():
+    """``near_frac``: four-option code questions over codes one digit apart (the repeated-digit misreadings among
+    them), around a centre that is the code only a quarter of the time."""
+    from longvila.data.world import random_code
+
+    def dist(a: str, b: str) -> int:
+        return sum(x != y for x, y in zip(a, b, strict=True))
+
+    assert {"477", "444", "774", "434"} <= ds.near_codes("474", np.random.default_rng(0))
+    assert all(dist(c, "474") == 1 for c in ds.near_codes("474", np.random.default_rng(0)))
+    assert len(ds.near_codes("777", np.random.default_rng(0))) == 3  # no other digit of its own: one random per place
+
+    rng = np.random.default_rng(1)
+    n, centre_right, far = 800, 0, 0
+    for _ in range(n):
+        code = random_code(rng, 3, 0.5)
+        q, letter = ds.code_question(code, rng, 1.0, near_frac=1.0)
+        opts = [line[3:] for line in q.splitlines() if line[:3] in ("A. ", "B. ", "C. ", "D. ")]
+        assert len(set(opts)) == 4 and opts["ABCD".index(letter)] == code
+        assert all(dist(o, code) <= 2 for o in opts)
+        far += sum(dist(o, code) == 2 for o in opts)
+        centre = min(opts, key=lambda o: sum(dist(o, p) for p in opts))
+        centre_right += centre == code
+    assert 0.15 < centre_right / n < 0.35 and far > 0  # picking the most central option is about chance
+    # and the random-distractor form mostly differs in more than one place
+    q, _ = ds.code_question("123", np.random.default_rng(2), 1.0)
+    assert any(dist(line[3:], "123") > 1 for line in q.splitlines() if line[:3] in ("B. ", "C. ", "D. ", "A. "))
