@@ -408,7 +408,7 @@ POINTER_CURRICULUM = (
 )
 
 
-# The letter phases of stage 5 measured on 2026-12-07 (docs/recipe.md#letters-four-option-code-questions-in-stage-5),
+# The letter phases of stage 5 measured on 2026-12-07 (docs/recipe.md#letters-four-option-code-questions-in-stage-5-2026-12-07),
 # run E3, as --set overrides: after the first 32-frame phase, four-option code questions on a card among one
 # haystack frame, 64 an optimizer step, on one plain line (500 steps: the model leaves the chance plateau after
 # ~150), then in the VideoMME chat prompt (200), then 32-frame clips with every needle, card and set question
@@ -424,6 +424,17 @@ LETTER_CURRICULUM = (
     "32:16:600:needle_mc_frac=0.5:qa_mc_frac=0.5",
     # the LM head at the labelled positions only: the letter phases' rows are long prompts with one label
     "5:parallel.labelled_logits=true",
+)
+
+# Run E11 (docs/recipe.md#letters-close-distractors-and-a-held-schedule-2026-12-07-later): E3's letter phases holding
+# the lr schedule, so every other step keeps the published recipe's lr, and a final 32-frame phase of 900 steps. The
+# printed needle grid kept its floor (99.0%), held-out QA 38.75%, VideoMME letters 45.6% at 64 frames (likelihood
+# 55.0%); stage 5 1,056 s. Not the recipe either: letters 9.4 points under likelihood, long split +3.4 points.
+LETTER_CURRICULUM_HELD = (
+    LETTER_CURRICULUM[0].removesuffix("32:16:600:needle_mc_frac=0.5:qa_mc_frac=0.5")
+    + "32:16:900:needle_mc_frac=0.5:qa_mc_frac=0.5",
+    *LETTER_CURRICULUM[1:],
+    "5:schedule.hold_phases=1,2,3",
 )
 
 

@@ -85,6 +85,22 @@ def test_the_letter_curriculum_overrides_give_the_measured_stage5():
     assert cfg.parallel.sp_ring == stage5().parallel.sp_ring and not stage5().parallel.labelled_logits
 
 
+def test_the_held_letter_curriculum_is_e3_with_its_schedule_held_and_a_longer_final_phase():
+    from longvila.pipelines.config import LETTER_CURRICULUM, LETTER_CURRICULUM_HELD
+    from longvila.pipelines.engine import lr_lambda
+
+    e3 = apply_overrides(stage5(), [o.split(":", 1)[1] for o in LETTER_CURRICULUM])
+    cfg = apply_overrides(stage5(), [o.split(":", 1)[1] for o in LETTER_CURRICULUM_HELD])
+    assert cfg.data.curriculum[:-1] == e3.data.curriculum[:-1] and cfg.schedule.hold_phases == (1, 2, 3)
+    assert cfg.data.curriculum[-1] == dataclasses.replace(e3.data.curriculum[-1], steps=900) and cfg.parallel.labelled_logits
+    # outside the letter phases the lr follows the published schedule lengthened by 300 final steps
+    longer = lr_lambda(apply_overrides(stage5(), ["data.curriculum=" + ",".join(
+        f"{p.frames}:{p.batch}:{p.steps + 300 * (i == len(stage5().data.curriculum) - 1)}"
+        for i, p in enumerate(stage5().data.curriculum))]))
+    f = lr_lambda(cfg)
+    assert all(f(s + 900 * (s >= 300)) == pytest.approx(longer(s), abs=1e-12) for s in range(1870))
+
+
 def test_stage5_curriculum_grows_frames_and_shrinks_batch_within_limit():
     cur = stage5().data.curriculum
     long = cur[:-1]  # the last phase returns to short clips (reading consolidation)
