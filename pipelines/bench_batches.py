@@ -29,6 +29,7 @@ def _worker(rank: int, world: int, data: str, batches: int, warm: int) -> dict:
     from longvila.model import LongVILAProcessor, tiny_config
     from longvila.pipelines import datasource as ds
     from longvila.pipelines.config import Phase, stage5
+    from longvila.pipelines.stages import stream_args
 
     d = stage5().data
     proc = LongVILAProcessor.from_config(tiny_config())
@@ -38,8 +39,7 @@ def _worker(rank: int, world: int, data: str, batches: int, warm: int) -> dict:
 
         def make(start, stride, seed, phase=phase):
             return ds.stream(data, d.sets, phase, seed=seed, skip=start, stride=stride, dp_rank=0, dp=1,
-                             seq_len=d.seq_len, processor=proc, needle_frac=d.needle_frac, max_turns=d.max_turns,
-                             needle_mc_frac=d.needle_mc_frac, cards=d.cards, code_repeat_frac=d.code_repeat_frac)
+                             processor=proc, **stream_args(d))
 
         warm_it = make(0, 1, seed=1)  # caches filled from another seed, untimed
         for _ in range(warm):

@@ -555,7 +555,7 @@ def validate(cfg: StageConfig, world_size: int | None = None) -> None:
         if ph.frames < 0 or ph.batch < 1 or ph.steps < 0 or not 0.0 <= ph.pointer <= 1.0:
             raise ConfigError(f"data.curriculum[{i}]={ph}: needs frames >= 0, batch >= 1, steps >= 0 and "
                               "pointer in [0, 1]")
-        for k in ("needle_frac", "needle_mc_frac", "qa_mc_frac", "cards_mc_frac", "code_near_frac"):
+        for k in (key for key in PHASE_KEYS if key != "cards"):  # the shares
             if getattr(ph, k) is not None and not 0.0 <= getattr(ph, k) <= 1.0:
                 raise ConfigError(f"data.curriculum[{i}]: {k}={getattr(ph, k)} must be in [0, 1]")
         if ph.cards is not None and ph.cards < 0:

@@ -309,7 +309,8 @@ def card_sample(rng: np.random.Generator, processor, size: int, hand_frac: float
     an image-caption sample in the align set's form ("A card shows the code 471.") or, with probability
     ``mc_frac``, asked for its code in the four-option form (``code_question``, in ``form``; ``near_frac``
     there). Unlike the align set's fixed cards, every call renders a new code, typeface or handwriting, size
-    and offset, so reading is learnt from unlimited renderings. Returns what ``encode_sample`` returns (one frame of ``size`` x ``size``)."""
+    and offset, so reading is learnt from unlimited renderings. Returns what ``encode_sample`` returns (one
+    frame of ``size`` x ``size``)."""
     from longvila.data.world import random_card
 
     code, card = random_card(rng, "train", size, size, hand_frac, code_digits, repeat_frac)
@@ -498,8 +499,8 @@ def stream(data_root: str | Path, sets: tuple[str, ...], phase: Phase, seed: int
     ``pointers``: pointer questions added to every micro-batch besides (the same mix and form), which keep the
     binding through phases that teach something else.
     ``phase.needle_frac``, ``phase.needle_mc_frac``, ``phase.cards``, ``phase.code_near_frac``: where set, they
-    replace the arguments of the same names for this phase; ``phase.cards_mc_frac``: where set, the cards' multiple-choice share instead
-    of the phase's needle one; ``phase.qa_mc_frac``: where set, the sets' questions are asked afresh, that
+    replace the arguments of the same names for this phase; ``phase.cards_mc_frac``: where set, the cards'
+    multiple-choice share instead of the phase's needle one; ``phase.qa_mc_frac``: where set, the sets' questions are asked afresh, that
     share of them in the four-option form (``reask``).
     """
     from longvila.data.video_io import VideoError

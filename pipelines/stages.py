@@ -23,8 +23,17 @@ from typing import Any
 
 import torch
 
-from longvila.pipelines.config import Phase, StageConfig
+from longvila.pipelines.config import DataCfg, Phase, StageConfig
 from longvila.pipelines.trainer import Context, Task
+
+
+def stream_args(d: DataCfg) -> dict[str, Any]:
+    """The data group's fields that ``datasource.stream`` takes, by its argument names (the trainer's micro-batches
+    and ``bench_batches`` build them alike)."""
+    return dict(seq_len=d.seq_len, needle_frac=d.needle_frac, max_turns=d.max_turns, needle_mc_frac=d.needle_mc_frac,
+                loss_weighting=d.loss_weighting, mc_text_frac=d.mc_text_frac, needle_hand_frac=d.needle_hand_frac,
+                cards=d.cards, code_repeat_frac=d.code_repeat_frac, pointer_text_frac=d.pointer_text_frac,
+                pointers=d.pointers, code_near_frac=d.code_near_frac)
 
 
 def set_rope(config, max_positions: int, theta: float) -> None:
@@ -149,14 +158,9 @@ def make_task(cfg: StageConfig, data_root: str | Path) -> Task:
 
     def batches(pi: int, phase: Phase, skip: int, ctx: Context) -> Iterator[dict[str, Any]]:
         def make(start: int, stride: int) -> Iterator[dict[str, Any]]:
-            d = cfg.data
             return datasource.stream(
-                data_root, d.sets, phase, seed=cfg.seed * 1000 + pi, skip=start, stride=stride,
-                dp_rank=ctx.dp_rank, dp=ctx.dp, seq_len=d.seq_len, processor=state["processor"],
-                needle_frac=d.needle_frac, max_turns=d.max_turns, needle_mc_frac=d.needle_mc_frac,
-                loss_weighting=d.loss_weighting, mc_text_frac=d.mc_text_frac, needle_hand_frac=d.needle_hand_frac,
-                cards=d.cards, code_repeat_frac=d.code_repeat_frac, pointer_text_frac=d.pointer_text_frac,
-                pointers=d.pointers, code_near_frac=d.code_near_frac)
+                data_root, cfg.data.sets, phase, seed=cfg.seed * 1000 + pi, skip=start, stride=stride,
+                dp_rank=ctx.dp_rank, dp=ctx.dp, processor=state["processor"], **stream_args(cfg.data))
 
         # the ranks of an SP group train on the same micro-batches: each builds 1/sp of them (identical batches)
         # (a one-rank SP group builds its own: shared_stream is then make(skip, 1))
