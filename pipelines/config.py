@@ -73,7 +73,10 @@ class Phase:
     ``qa_mc_frac`` asks the sets' own questions afresh, that share of them with four options (None: as the
     sets were built, 30% of them); ``cards_mc_frac`` asks that share of the fresh cards with four options (None:
     the phase's ``needle_mc_frac``), so the cards can stay open captions while needles are asked in letters;
-    ``code_near_frac`` sets the data group's field for the phase (close distractors once the letter is learnt)."""
+    ``code_near_frac`` sets the data group's field for the phase (close distractors once the letter is learnt).
+    ``hold``: the phase holds the lr schedule (``engine.schedule_clock``): its steps run at the lr where the
+    schedule stands when it begins, and the cosine runs over the other phases' steps alone, so phases inserted
+    into a recipe leave the lr of every other step where it was (``frames:batch:steps:hold=1``)."""
 
     frames: int
     batch: int
@@ -86,10 +89,13 @@ class Phase:
     qa_mc_frac: float | None = None
     cards_mc_frac: float | None = None
     code_near_frac: float | None = None
+    hold: bool = False
 
 
 # the data fields a curriculum phase may set for itself (``key=value`` after frames:batch:steps[:pointer[:form]])
 PHASE_KEYS = ("needle_frac", "needle_mc_frac", "cards", "qa_mc_frac", "cards_mc_frac", "code_near_frac")
+# ... and the phase's own keys besides them
+PHASE_OWN_KEYS = ("hold",)
 
 
 @dataclass(frozen=True)
@@ -141,10 +147,6 @@ class ScheduleCfg:
     kind: str = "cosine"  # "cosine" or "constant" (both with linear warmup)
     min_lr_ratio: float = 0.1  # cosine floor as a fraction of the peak
     grad_accum: int = 1  # micro-batches per optimizer step
-    # curriculum phases (0-based indices) that hold the schedule: they run at the lr where it stands when they
-    # begin, and the cosine runs over the other phases' steps alone, so phases inserted into a recipe leave the
-    # lr of every other step where it was
-    hold_phases: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -374,24 +376,40 @@ def stage5() -> StageConfig:
             max_turns=2,
             curriculum=(
                 Phase(frames=32, batch=16, steps=300),
-                Phase(frames=64, batch=8, steps=100),
-                Phase(frames=128, batch=8, steps=80),
-                Phase(frames=256, batch=4, steps=60),
+                # the letter phases (docs/recipe.md#letters-close-distractors-and-a-held-schedule-2026-12-07-later,
+                # run E11): the model answers VideoMME's four-option questions with a letter only once it has left
+                # the chance plateau of the letter binding, and it leaves it on four-option questions about one
+                # card among one haystack frame, 64 an optimizer step, asked on one plain line (~150 steps); then
+                # the same in the VideoMME chat prompt, then 32-frame clips with every needle, card and set
+                # question four-option. VideoMME letters at 64 frames 25.6% -> 45.6% (one run). They hold the lr
+                # schedule (they run at the lr where it stands after the first phase), so every other phase keeps
+                # the lr it had without them: the 900 steps they add, stretching the cosine instead, put the long
+                # and final phases lower down it and cost the needle grid 3.3 points (95.7%, run E3)
+                Phase(frames=1, batch=64, steps=500, form="oneline", needle_frac=1.0, needle_mc_frac=1.0, hold=True),
+                Phase(frames=1, batch=64, steps=200, needle_frac=1.0, needle_mc_frac=1.0, hold=True),
+                Phase(frames=32, batch=16, steps=200, needle_mc_frac=1.0, qa_mc_frac=1.0, hold=True),
+                # from here on half the needles, cards and set questions keep four options
+                Phase(frames=64, batch=8, steps=100, needle_mc_frac=0.5),
+                Phase(frames=128, batch=8, steps=80, needle_mc_frac=0.5),
+                Phase(frames=256, batch=4, steps=60, needle_mc_frac=0.5),
                 # the long phases are cheap (1,500 frames: ~0.5 s a step on 2 cores): 50/60/50 -> 80/150/200 steps
                 # cost 30 s and gave needle grid 96.8% -> 97.2% (6,000 frames 86.7% -> 100%), held-out QA
                 # 33.5% -> 35.5% (one run each from the same stage 4)
-                Phase(frames=512, batch=2, steps=80),
-                Phase(frames=1024, batch=1, steps=150),
-                Phase(frames=1500, batch=1, steps=200),
+                Phase(frames=512, batch=2, steps=80, needle_mc_frac=0.5),
+                Phase(frames=1024, batch=1, steps=150, needle_mc_frac=0.5),
+                Phase(frames=1500, batch=1, steps=200, needle_mc_frac=0.5),
                 # a final short-clip phase at the schedule's low tail consolidates reading: the model leaves the
                 # long phases reading 97.1% of held-out printed cards, 99.2-99.6% after 150-600 such steps
                 # (needle grid 98.0% -> 99.2% with 600); it keeps retrieval (the grid on cards it reads: 100%).
-                # The whole recipe with this phase (make all, commit 88f03a7): needle grid 99.8%
-                Phase(frames=32, batch=16, steps=600),
+                # The whole recipe with 600 such steps and no letter phases (make all, commit 88f03a7): needle grid
+                # 99.8%; with the letter phases, 900 steps keep it at 99.0% (600: 98.3%)
+                Phase(frames=32, batch=16, steps=900, needle_mc_frac=0.5, qa_mc_frac=0.5),
             ),
         ),
         optim=replace(s.optim, lr=5e-4),
         schedule=replace(s.schedule, warmup_steps=10, kind="cosine"),
+        # the LM head at the labelled positions only: the letter phases' rows are long prompts with one label
+        parallel=replace(s.parallel, labelled_logits=True),
         checkpoint=replace(s.checkpoint, every_steps=50),
         eval=EvalCfg(set="short_sft_eval", frames=32),
     )
@@ -414,7 +432,7 @@ POINTER_CURRICULUM = (
 # ~150), then in the VideoMME chat prompt (200), then 32-frame clips with every needle, card and set question
 # four-option; from there on half of them. VideoMME letters 25.6% -> 48.3% at 64 frames (likelihood 53.9%), long
 # videos 26.7% at 8 frames -> 46.7% at 64 and 43.3% at 2,048; held-out QA 38.25%; but the printed needle grid fell
-# to 95.7% and stage 5 took 1,527 s, so it is not the recipe. Asking the needles openly after the letter phases
+# to 95.7% and stage 5 took 1,527 s, so it is not the recipe (give it after ``STAGE5_BEFORE_LETTERS``). Asking the needles openly after the letter phases
 # (E4) kept fewer letters (37.8% at 64 frames) and the grid at 98.7%.
 LETTER_CURRICULUM = (
     "5:data.curriculum=32:16:300,1:64:500:0:oneline:needle_frac=1:needle_mc_frac=1,"
@@ -425,16 +443,15 @@ LETTER_CURRICULUM = (
     # the LM head at the labelled positions only: the letter phases' rows are long prompts with one label
     "5:parallel.labelled_logits=true",
 )
+# The published stage 5 (run E11) is E3 with the schedule held over the letter phases and a 900-step final phase.
 
-# Run E11 (docs/recipe.md#letters-close-distractors-and-a-held-schedule-2026-12-07-later): E3's letter phases holding
-# the lr schedule, so every other step keeps the published recipe's lr, and a final 32-frame phase of 900 steps. The
-# printed needle grid kept its floor (99.0%), held-out QA 38.75%, VideoMME letters 45.6% at 64 frames (likelihood
-# 55.0%); stage 5 1,056 s. Not the recipe either: letters 9.4 points under likelihood, long split +3.4 points.
-LETTER_CURRICULUM_HELD = (
-    LETTER_CURRICULUM[0].removesuffix("32:16:600:needle_mc_frac=0.5:qa_mc_frac=0.5")
-    + "32:16:900:needle_mc_frac=0.5:qa_mc_frac=0.5",
-    *LETTER_CURRICULUM[1:],
-    "5:schedule.hold_phases=1,2,3",
+# Stage 5 as published before the letter phases (make all on 2026-12-04, commit b04f621: needle grid 99.8%, VideoMME
+# letters at chance, 25.6% at 64 frames), as --set overrides of ``longvila train all``: the long phases without
+# four-option questions and a 600-step final phase, the cosine over every step, the full LM head. The two override
+# sets above were measured on this stage 5; give them after it to rerun those runs.
+STAGE5_BEFORE_LETTERS = (
+    "5:data.curriculum=32:16:300,64:8:100,128:8:80,256:4:60,512:2:80,1024:1:150,1500:1:200,32:16:600",
+    "5:parallel.labelled_logits=false",
 )
 
 
@@ -455,24 +472,27 @@ def _special(value: str, tp: typing.Any, key: str) -> typing.Any:
     args = typing.get_args(tp) if typing.get_origin(tp) is tuple else ()
     parts = [v for v in value.split(",") if v.strip()]
     if args and args[0] is Phase:
+        from longvila.utils import parse_typed
+
         phases = []
         for p in parts:
             xs = p.split(":")
             pos = [x for x in xs if "=" not in x]
             named = dict(x.split("=", 1) for x in xs[len(pos):] if "=" in x)
-            unknown = sorted(set(named) - set(PHASE_KEYS))
+            unknown = sorted(set(named) - set(PHASE_KEYS + PHASE_OWN_KEYS))
             if unknown:
                 raise ConfigError(f"{key}: phase {p!r}: unknown phase key {unknown[0]!r}; choose from "
-                                  f"{', '.join(PHASE_KEYS)}")
+                                  f"{', '.join(PHASE_KEYS + PHASE_OWN_KEYS)}")
             try:
                 if len(pos) not in (3, 4, 5) or len(pos) + len(named) != len(xs):
                     raise ValueError
                 f, b, n = (int(x) for x in pos[:3])
                 ptr = float(pos[3]) if len(pos) >= 4 else 0.0
-                own = {k: (int if k == "cards" else float)(v) for k, v in named.items()}
+                own = {k: (int if k == "cards" else float)(v) for k, v in named.items() if k in PHASE_KEYS}
+                own.update({k: parse_typed(v, bool, k) for k, v in named.items() if k == "hold"})
             except ValueError:
                 raise ConfigError(f"{key}: phase {p!r} is not frames:batch:steps[:pointer[:form]][:key=value...] "
-                                  f"(keys: {', '.join(PHASE_KEYS)})") from None
+                                  f"(keys: {', '.join(PHASE_KEYS + PHASE_OWN_KEYS)})") from None
             phases.append(Phase(f, b, n, ptr, *pos[4:5], **own))
         return tuple(phases)
     if args and typing.get_origin(args[0]) is tuple:  # rope_schedule rows "length:theta"
@@ -544,13 +564,8 @@ def validate(cfg: StageConfig, world_size: int | None = None) -> None:
             raise ConfigError(f"{name}={v} must be >= 1")
     if cfg.total_steps < 1:
         raise ConfigError("schedule.steps (or the curriculum) must give at least one step")
-    bad = [i for i in cfg.schedule.hold_phases if not 0 <= i < len(cfg.data.curriculum)]
-    if bad:
-        raise ConfigError(f"schedule.hold_phases={list(cfg.schedule.hold_phases)}: {bad} not a phase of "
-                          f"data.curriculum ({len(cfg.data.curriculum)} phases)")
-    if cfg.data.curriculum and sum(p.steps for i, p in enumerate(cfg.data.curriculum)
-                                   if i not in cfg.schedule.hold_phases) < 1:
-        raise ConfigError("schedule.hold_phases holds every step of data.curriculum: nothing left to schedule")
+    if cfg.data.curriculum and sum(p.steps for p in cfg.data.curriculum if not p.hold) < 1:
+        raise ConfigError("data.curriculum: every phase holds the schedule (hold=1): nothing left to schedule")
     for i, ph in enumerate(cfg.data.curriculum):
         if ph.frames < 0 or ph.batch < 1 or ph.steps < 0 or not 0.0 <= ph.pointer <= 1.0:
             raise ConfigError(f"data.curriculum[{i}]={ph}: needs frames >= 0, batch >= 1, steps >= 0 and "

@@ -77,9 +77,9 @@ def ds_config(cfg: StageConfig, micro_batch: int, world_size: int) -> dict[str, 
 
 
 def schedule_clock(cfg: StageConfig, step: int) -> int:
-    """The schedule's position at optimizer step ``step``: the step itself, less the steps of the phases in
-    ``schedule.hold_phases`` before it (a held phase's steps all stand where the phase begins)."""
-    held = set(cfg.schedule.hold_phases)
+    """The schedule's position at optimizer step ``step``: the step itself, less the steps of the curriculum's
+    holding phases (``Phase.hold``) before it (a held phase's steps all stand where the phase begins)."""
+    held = {i for i, p in enumerate(cfg.data.curriculum) if p.hold}
     if not held:
         return step
     clock, start = 0, 0

@@ -53,57 +53,89 @@ def test_stage4_rope_follows_scaled_paper_table():
         apply_overrides(s4, ["model.context_length=10000000"])
 
 
+def _stage5_with(*sets):
+    return apply_overrides(stage5(), [o.split(":", 1)[1] for o in sum(sets, ()) if o.startswith("5:")])
+
+
 def test_the_pointer_curriculum_overrides_give_the_measured_variant():
-    from longvila.pipelines.config import POINTER_CURRICULUM, stage2
+    from longvila.pipelines.config import POINTER_CURRICULUM, STAGE5_BEFORE_LETTERS, stage2
 
     assert stage2().data.curriculum == () and stage2().data.pointers == 0  # not in the published recipe
     assert not get_stage(1).parallel.labelled_logits  # the full LM head: published figures bit-identical
     cfg = {n: apply_overrides(get_stage(n), [o.split(":", 1)[1] for o in POINTER_CURRICULUM
-                                             if o.startswith(f"{n}:")]) for n in (2, 3, 5)}
+                                             if o.startswith(f"{n}:")]) for n in (2, 3)}
+    cfg[5] = _stage5_with(STAGE5_BEFORE_LETTERS, POINTER_CURRICULUM)
     # text-only pointer phases on the fresh LLM: one plain line, then the VideoMME chat prompt; then captions
     assert [(p.frames, p.pointer, p.form) for p in cfg[2].data.curriculum] == [
         (0, 1.0, "oneline"), (0, 1.0, "videomme"), (1, 0.0, "videomme")]
     assert cfg[2].total_steps == 3750 and cfg[2].schedule.kind == "constant"
     assert [cfg[n].data.pointers for n in (2, 3, 5)] == [2, 1, 1]
     assert cfg[3].data.pointer_text_frac == cfg[5].data.pointer_text_frac == 0.5
-    assert cfg[5].data.curriculum == stage5().data.curriculum
+    assert cfg[5].data.curriculum == _stage5_with(STAGE5_BEFORE_LETTERS).data.curriculum
+
+
+def test_stage5_before_the_letter_phases():
+    from longvila.pipelines.config import STAGE5_BEFORE_LETTERS
+
+    before = _stage5_with(STAGE5_BEFORE_LETTERS)
+    assert [(p.frames, p.batch, p.steps) for p in before.data.curriculum] == [
+        (32, 16, 300), (64, 8, 100), (128, 8, 80), (256, 4, 60), (512, 2, 80), (1024, 1, 150), (1500, 1, 200),
+        (32, 16, 600)]
+    assert all(p == Phase(p.frames, p.batch, p.steps) for p in before.data.curriculum)  # no four-option shares
+    assert not before.parallel.labelled_logits
+    # everything else as the published stage 5
+    assert dataclasses.replace(before, data=stage5().data, parallel=stage5().parallel) == stage5()
 
 
 def test_the_letter_curriculum_overrides_give_the_measured_stage5():
-    from longvila.pipelines.config import LETTER_CURRICULUM
+    from longvila.pipelines.config import LETTER_CURRICULUM, STAGE5_BEFORE_LETTERS
 
     assert all(o.startswith("5:") for o in LETTER_CURRICULUM)
-    cfg = apply_overrides(stage5(), [o.split(":", 1)[1] for o in LETTER_CURRICULUM])
-    cur, pub = cfg.data.curriculum, stage5().data.curriculum
-    # the published phases keep their frames, batches and steps; three letter phases come after the first
+    before = _stage5_with(STAGE5_BEFORE_LETTERS)
+    cfg = _stage5_with(STAGE5_BEFORE_LETTERS, LETTER_CURRICULUM)
+    cur, pub = cfg.data.curriculum, before.data.curriculum
+    # the earlier phases keep their frames, batches and steps; three letter phases come after the first
     assert [(p.frames, p.batch, p.steps) for p in cur[:1] + cur[4:]] == [(p.frames, p.batch, p.steps) for p in pub]
     assert cur[1] == Phase(1, 64, 500, 0.0, "oneline", needle_frac=1.0, needle_mc_frac=1.0)
     assert cur[2] == Phase(1, 64, 200, 0.0, "videomme", needle_frac=1.0, needle_mc_frac=1.0)
     assert cur[3] == Phase(32, 16, 200, needle_mc_frac=1.0, qa_mc_frac=1.0)
     assert all(p.needle_mc_frac == 0.5 for p in cur[4:]) and cur[-1].qa_mc_frac == 0.5
-    assert cfg.total_steps == stage5().total_steps + 900 and cfg.parallel.labelled_logits
-    assert cfg.parallel.sp_ring == stage5().parallel.sp_ring and not stage5().parallel.labelled_logits
+    assert cfg.total_steps == before.total_steps + 900 and cfg.parallel.labelled_logits
+    assert cfg.parallel.sp_ring == stage5().parallel.sp_ring and not any(p.hold for p in cur)
 
 
-def test_the_held_letter_curriculum_is_e3_with_its_schedule_held_and_a_longer_final_phase():
-    from longvila.pipelines.config import LETTER_CURRICULUM, LETTER_CURRICULUM_HELD
+def test_the_published_stage5_is_e3_with_its_schedule_held_and_a_longer_final_phase():
+    """Run E11: E3's letter phases, the schedule held over them, a final phase of 900 steps."""
+    from longvila.pipelines.config import LETTER_CURRICULUM, STAGE5_BEFORE_LETTERS
     from longvila.pipelines.engine import lr_lambda
 
-    e3 = apply_overrides(stage5(), [o.split(":", 1)[1] for o in LETTER_CURRICULUM])
-    cfg = apply_overrides(stage5(), [o.split(":", 1)[1] for o in LETTER_CURRICULUM_HELD])
-    assert cfg.data.curriculum[:-1] == e3.data.curriculum[:-1] and cfg.schedule.hold_phases == (1, 2, 3)
-    assert cfg.data.curriculum[-1] == dataclasses.replace(e3.data.curriculum[-1], steps=900) and cfg.parallel.labelled_logits
-    # outside the letter phases the lr follows the published schedule lengthened by 300 final steps
-    longer = lr_lambda(apply_overrides(stage5(), ["data.curriculum=" + ",".join(
-        f"{p.frames}:{p.batch}:{p.steps + 300 * (i == len(stage5().data.curriculum) - 1)}"
-        for i, p in enumerate(stage5().data.curriculum))]))
+    e3 = _stage5_with(STAGE5_BEFORE_LETTERS, LETTER_CURRICULUM)
+    cfg = stage5()
+    cur = cfg.data.curriculum
+    assert [i for i, p in enumerate(cur) if p.hold] == [1, 2, 3]
+    assert [dataclasses.replace(p, hold=False) for p in cur[:-1]] == list(e3.data.curriculum[:-1])
+    assert cur[-1] == dataclasses.replace(e3.data.curriculum[-1], steps=900)
+    assert cfg.parallel.labelled_logits
+    assert dataclasses.replace(cfg, data=e3.data) == e3
+    # as overrides: E3's phases with hold=1 on the three letter phases and the final phase 900 steps
+    held = LETTER_CURRICULUM[0].replace(":needle_mc_frac=1,", ":needle_mc_frac=1:hold=1,").replace(
+        ":qa_mc_frac=1,", ":qa_mc_frac=1:hold=1,").replace("32:16:600:", "32:16:900:")
+    assert _stage5_with(STAGE5_BEFORE_LETTERS, (held,), LETTER_CURRICULUM[1:]) == cfg
+    # outside the letter phases the lr follows the earlier schedule lengthened by 300 final steps
+    before = _stage5_with(STAGE5_BEFORE_LETTERS)
+    longer = lr_lambda(apply_overrides(before, ["data.curriculum=" + ",".join(
+        f"{p.frames}:{p.batch}:{p.steps + 300 * (i == len(before.data.curriculum) - 1)}"
+        for i, p in enumerate(before.data.curriculum))]))
     f = lr_lambda(cfg)
     assert all(f(s + 900 * (s >= 300)) == pytest.approx(longer(s), abs=1e-12) for s in range(1870))
+    # the letter phases stand at the lr of step 300
+    assert {f(s) for s in range(300, 1200)} == {f(300)} and f(300) == pytest.approx(longer(300), abs=1e-12)
 
 
 def test_stage5_curriculum_grows_frames_and_shrinks_batch_within_limit():
     cur = stage5().data.curriculum
-    long = cur[:-1]  # the last phase returns to short clips (reading consolidation)
+    # the letter phases (one frame, then 32) hold the schedule; the last phase returns to short clips (reading)
+    long = [p for p in cur[:-1] if not p.hold]
     frames = [p.frames for p in long]
     batches = [p.batch for p in long]
     assert frames == sorted(frames) and batches == sorted(batches, reverse=True)
@@ -159,7 +191,7 @@ def test_overrides_are_typed():
     ("data.curriculum=8:4:2:1.5", r"data.curriculum\[0\]=.*pointer in \[0, 1\]"),
     ("data.curriculum=8:0:2", r"data.curriculum\[0\]=.*batch >= 1"),
     ("data.curriculum=8:4:2:mc=1", "unknown phase key 'mc'; choose from needle_frac, needle_mc_frac, cards, qa_mc_frac, "
-                                    "cards_mc_frac, code_near_frac"),
+                                    "cards_mc_frac, code_near_frac, hold"),
     ("data.curriculum=8:4:cards=1:2", "is not frames:batch:steps.*key=value"),
     ("data.curriculum=8:4:2:cards=two", "is not frames:batch:steps.*key=value"),
     ("data.curriculum=8:4:2:needle_mc_frac=2", r"data.curriculum\[0\]: needle_mc_frac=2.0 must be in \[0, 1\]"),
@@ -199,26 +231,28 @@ def test_lr_schedule_warmup_cosine_and_constant():
 
 
 def test_held_phases_keep_the_lr_of_every_other_step():
-    """Phases inserted with ``schedule.hold_phases`` run at the lr where the schedule stands when they begin;
-    every other step keeps the lr it had without them."""
+    """Phases inserted with ``hold=1`` run at the lr where the schedule stands when they begin; every other step
+    keeps the lr it had without them."""
     from longvila.pipelines.engine import lr_lambda, schedule_clock
 
     base = apply_overrides(stage5(), ["data.curriculum=32:16:30,64:8:20,32:16:50", "schedule.warmup_steps=10"])
-    grown = apply_overrides(base, ["data.curriculum=32:16:30,1:64:40,1:64:25,64:8:20,32:16:50",
-                                   "schedule.hold_phases=1,2"])
+    grown = apply_overrides(base, ["data.curriculum=32:16:30,1:64:40:hold=1,1:64:25:0:oneline:hold=true,64:8:20,"
+                                   "32:16:50"])
     f, g = lr_lambda(base), lr_lambda(grown)
     assert grown.total_steps == base.total_steps + 65
     assert [schedule_clock(grown, s) for s in (29, 30, 69, 94, 95, 164)] == [29, 30, 30, 30, 30, 99]
     for s in range(base.total_steps):
         assert g(s + 65 * (s >= 30)) == pytest.approx(f(s), abs=1e-12)
     assert all(g(s) == pytest.approx(f(30)) for s in range(30, 95)) and g(164) == pytest.approx(f(99))
-    unheld = lr_lambda(apply_overrides(grown, ["schedule.hold_phases="]))
+    assert grown.data.curriculum[2].form == "oneline" and not grown.data.curriculum[3].hold
+    unheld = lr_lambda(apply_overrides(grown, ["data.curriculum=32:16:30,1:64:40,1:64:25,64:8:20,32:16:50"]))
     assert unheld(120) < g(120)  # without the hold the later phases run lower down the cosine
-    with pytest.raises(ConfigError, match=r"schedule.hold_phases=\[1, 5\]: \[5\] not a phase of data.curriculum "
-                                          r"\(5 phases\)"):
-        apply_overrides(grown, ["schedule.hold_phases=1,5"])
-    with pytest.raises(ConfigError, match="holds every step"):
-        apply_overrides(base, ["schedule.hold_phases=0,1,2"])
+    # a curriculum of one's own holds nothing unless it says so (the published phases' holds go with them)
+    assert not any(p.hold for p in base.data.curriculum)
+    with pytest.raises(ConfigError, match=r"every phase holds the schedule \(hold=1\)"):
+        apply_overrides(base, ["data.curriculum=32:16:30:hold=1,64:8:20:hold=1"])
+    with pytest.raises(ConfigError, match="is not frames:batch:steps"):
+        apply_overrides(base, ["data.curriculum=32:16:30:hold=maybe"])
 
 
 def test_sp_loss_scale_turns_world_mean_into_sum_over_sp_mean_over_dp():
