@@ -381,10 +381,11 @@ def stage5() -> StageConfig:
                 # the chance plateau of the letter binding, and it leaves it on four-option questions about one
                 # card among one haystack frame, 64 an optimizer step, asked on one plain line (~150 steps); then
                 # the same in the VideoMME chat prompt, then 32-frame clips with every needle, card and set
-                # question four-option. VideoMME letters at 64 frames 25.6% -> 45.6% (one run). They hold the lr
-                # schedule (they run at the lr where it stands after the first phase), so every other phase keeps
-                # the lr it had without them: the 900 steps they add, stretching the cosine instead, put the long
-                # and final phases lower down it and cost the needle grid 3.3 points (95.7%, run E3)
+                # question four-option. VideoMME letters at 64 frames 25.6% -> 45.6% (E11 and make all: one model,
+                # bit for bit). They hold the lr schedule (they run at the lr where it stands after the first
+                # phase), so every other phase keeps the lr it had without them: the 900 steps they add, stretching
+                # the cosine instead, put the long and final phases lower down it and cost the needle grid 3.3
+                # points (95.7%, run E3)
                 Phase(frames=1, batch=64, steps=500, form="oneline", needle_frac=1.0, needle_mc_frac=1.0, hold=True),
                 Phase(frames=1, batch=64, steps=200, needle_frac=1.0, needle_mc_frac=1.0, hold=True),
                 Phase(frames=32, batch=16, steps=200, needle_mc_frac=1.0, qa_mc_frac=1.0, hold=True),
@@ -432,8 +433,9 @@ POINTER_CURRICULUM = (
 # ~150), then in the VideoMME chat prompt (200), then 32-frame clips with every needle, card and set question
 # four-option; from there on half of them. VideoMME letters 25.6% -> 48.3% at 64 frames (likelihood 53.9%), long
 # videos 26.7% at 8 frames -> 46.7% at 64 and 43.3% at 2,048; held-out QA 38.25%; but the printed needle grid fell
-# to 95.7% and stage 5 took 1,527 s, so it is not the recipe (give it after ``STAGE5_BEFORE_LETTERS``). Asking the needles openly after the letter phases
-# (E4) kept fewer letters (37.8% at 64 frames) and the grid at 98.7%.
+# to 95.7% and stage 5 took 1,527 s. Asking the needles openly after the letter phases (E4) kept fewer letters
+# (37.8% at 64 frames) and the grid at 98.7%. The published stage 5 (run E11) is E3 with the schedule held over
+# the letter phases and a 900-step final phase; to rerun E3, give this set after ``STAGE5_BEFORE_LETTERS``.
 LETTER_CURRICULUM = (
     "5:data.curriculum=32:16:300,1:64:500:0:oneline:needle_frac=1:needle_mc_frac=1,"
     "1:64:200:0:videomme:needle_frac=1:needle_mc_frac=1,32:16:200:needle_mc_frac=1:qa_mc_frac=1,"
@@ -443,7 +445,6 @@ LETTER_CURRICULUM = (
     # the LM head at the labelled positions only: the letter phases' rows are long prompts with one label
     "5:parallel.labelled_logits=true",
 )
-# The published stage 5 (run E11) is E3 with the schedule held over the letter phases and a 900-step final phase.
 
 # Stage 5 as published before the letter phases (make all on 2026-12-04, commit b04f621: needle grid 99.8%, VideoMME
 # letters at chance, 25.6% at 64 frames), as --set overrides of ``longvila train all``: the long phases without
