@@ -489,8 +489,8 @@ def _special(value: str, tp: typing.Any, key: str) -> typing.Any:
                     raise ValueError
                 f, b, n = (int(x) for x in pos[:3])
                 ptr = float(pos[3]) if len(pos) >= 4 else 0.0
-                own = {k: (int if k == "cards" else float)(v) for k, v in named.items() if k in PHASE_KEYS}
-                own.update({k: parse_typed(v, bool, k) for k, v in named.items() if k == "hold"})
+                conv = {"cards": int, "hold": lambda v: parse_typed(v, bool, "hold")}  # the rest are shares
+                own = {k: conv.get(k, float)(v) for k, v in named.items()}
             except ValueError:
                 raise ConfigError(f"{key}: phase {p!r} is not frames:batch:steps[:pointer[:form]][:key=value...] "
                                   f"(keys: {', '.join(PHASE_KEYS + PHASE_OWN_KEYS)})") from None

@@ -500,8 +500,9 @@ def stream(data_root: str | Path, sets: tuple[str, ...], phase: Phase, seed: int
     binding through phases that teach something else.
     ``phase.needle_frac``, ``phase.needle_mc_frac``, ``phase.cards``, ``phase.code_near_frac``: where set, they
     replace the arguments of the same names for this phase; ``phase.cards_mc_frac``: where set, the cards'
-    multiple-choice share instead of the phase's needle one; ``phase.qa_mc_frac``: where set, the sets' questions are asked afresh, that
-    share of them in the four-option form (``reask``).
+    multiple-choice share instead of the phase's needle one; ``phase.qa_mc_frac``: where set, the sets'
+    questions are asked afresh, that share of them in the four-option form (``reask``). (``phase.hold`` is the
+    lr schedule's, ``engine.schedule_clock``.)
     """
     from longvila.data.video_io import VideoError
 
