@@ -475,6 +475,7 @@ def _special(value: str, tp: typing.Any, key: str) -> typing.Any:
     if args and args[0] is Phase:
         from longvila.utils import parse_typed
 
+        conv = {"cards": int, "hold": lambda v: parse_typed(v, bool, "hold")}  # the other phase keys are shares
         phases = []
         for p in parts:
             xs = p.split(":")
@@ -489,7 +490,6 @@ def _special(value: str, tp: typing.Any, key: str) -> typing.Any:
                     raise ValueError
                 f, b, n = (int(x) for x in pos[:3])
                 ptr = float(pos[3]) if len(pos) >= 4 else 0.0
-                conv = {"cards": int, "hold": lambda v: parse_typed(v, bool, "hold")}  # the rest are shares
                 own = {k: conv.get(k, float)(v) for k, v in named.items()}
             except ValueError:
                 raise ConfigError(f"{key}: phase {p!r} is not frames:batch:steps[:pointer[:form]][:key=value...] "
