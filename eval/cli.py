@@ -152,7 +152,9 @@ def _run(args: argparse.Namespace, command: str) -> int:
         else:
             summary = needle.run(cfg, ckpt=args.ckpt)
         ref = summary.get("read_accuracy")
-        print(f"needle ({args.style}): accuracy {summary['accuracy']:.3f} over {summary['trials']} needles, no-needle control "
+        lo, hi = summary["accuracy_ci"]
+        print(f"needle ({args.style}): accuracy {summary['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] over {summary['trials']} "
+              "needles (95% Wilson interval), no-needle control "
               f"{summary['control_accuracy']:.3f} (chance {summary['chance']:.3f})"
               + (f", reading reference {ref:.3f} ({args.reference_frames}-frame haystack)" if ref is not None else "")
               + (f", on cards read there {summary['if_read_accuracy']:.3f} ({summary['if_read_trials']} needles)"
@@ -199,6 +201,7 @@ def _run(args: argparse.Namespace, command: str) -> int:
             bl = s["blind_ll"]["all"] if s["blind_ll"] else float("nan")
             print(f"  by option likelihood (question without options; blind {bl:.3f}):")
             print_table(s["table_ll"])
+        print_intervals(s)
         return 0
     if args.cmd == "build-videomme":
         from longvila.eval import videomme
@@ -234,5 +237,31 @@ def _run(args: argparse.Namespace, command: str) -> int:
     return 2
 
 
+def print_intervals(s: dict) -> None:
+    """The VideoMME summary's 95% intervals (``videomme.intervals``), one line per frame count."""
+    iv = s.get("intervals") or {}
+    if not iv.get("table"):
+        return
+
+    def acc(name, n):
+        a, ci = s[name][str(n)]["all"], iv[name][str(n)]["all"]
+        return f"{a:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+    def dif(d):
+        return f"{d['estimate']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]"
+
+    ll = bool(iv.get("table_ll"))
+    print(f"  {iv['level']:.0%} intervals over the questions (Wilson; differences by paired bootstrap):")
+    print("  frames  letters" + (" " * 16 + "likelihood" + " " * 13 + "likelihood - letters" if ll else ""))
+    for n in s["frames"]:
+        print(f"  {n:>6}  {acc('table', n)}" + (f"  {acc('table_ll', n)}  {dif(iv['gap_ll'][str(n)])}" if ll else ""))
+    for suffix, how in (("", "by letter"), ("_ll", "by likelihood")):
+        g, b = iv.get("long_gain" + suffix), iv.get("long_best" + suffix)
+        if g:
+            print(f"  long split {how}: {g['from']} -> {g['to']} frames {dif(g)}; to its best count, {b['to']} "
+                  f"frames, {dif(b)} (that count chosen on these questions)")
+
+
 if __name__ == "__main__":
     sys.exit(main())
+

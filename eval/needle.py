@@ -54,7 +54,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from longvila.eval import base, prompts
+from longvila.eval import base, prompts, stats
 from longvila.eval.adapters import VideoLM, as_video_lm, load_adapter
 from longvila.utils import atomic_write_json, progress, read_json, save_figure
 
@@ -470,6 +470,8 @@ def summarize(cfg: NeedleConfig, cells: list[dict], counts: list[int]) -> dict:
                    "string_read_accuracy": rate([c for c in cells if c.get("read")])}
     return {**strings, "frame_counts": counts, "depths": list(cfg.depths), "grid": grid, "accuracy_per_frames": per_frames,
             "accuracy": base.accuracy(sum(hits), len(hits)), "trials": len(hits),
+            # how far the rate can move by the needles drawn alone (Wilson, eval.stats)
+            "accuracy_ci": [round(x, 4) for x in stats.wilson(sum(hits), len(hits))],
             "control_accuracy": base.accuracy(sum(ctrl), len(ctrl)), "control_trials": len(ctrl),
             "read_accuracy": base.accuracy(sum(ref), len(ref)) if ref else None, "read_trials": len(ref),
             "if_read_accuracy": base.accuracy(sum(if_read), len(if_read)) if if_read else None,
@@ -534,7 +536,7 @@ def write_outputs(cfg: NeedleConfig, summary: dict, lm: VideoLM) -> None:
             metrics["acc_string"] = summary["string_accuracy"]
         metrics.update({f"acc@{n}": a for n, a in summary["accuracy_per_frames"].items()})
         write_result(name, "needle", metrics, details={k: summary[k] for k in (
-            "frame_counts", "depths", "grid", "trials", "control_trials", "read_trials", "if_read_trials",
+            "frame_counts", "depths", "grid", "trials", "accuracy_ci", "control_trials", "read_trials", "if_read_trials",
             "if_read_per_frames", "chance", "seconds", "level")},
             config={**summary["config"], **lm.describe_model()},
             seed=cfg.seed, command=cfg.command, plots={"heatmap": heat, "per_frames": curve},

@@ -332,6 +332,51 @@ def summarize(cfg: VideoMMEConfig, sweep: dict, rows: list[dict]) -> dict:
            "chance": 1 / len(rows[0]["options"]), "questions": len(rows), "long_gain": gain("scores")}
     if cfg.likelihood:
         out.update(table_ll=tab("scores_ll"), long_gain_ll=gain("scores_ll"), blind_ll=blind("scores_ll"))
+    out["intervals"] = intervals(list(cfg.frames), sweep, cfg.likelihood)
+    return out
+
+
+def intervals(frames: list[int], sweep: dict, likelihood: bool) -> dict:
+    """How far the summary's figures can move by the questions alone (``eval.stats``): Wilson intervals of
+    every accuracy overall and on the long split, per frame count (``table``, ``table_ll``); paired bootstrap
+    intervals of likelihood minus letters per frame count (``gap_ll``) and of the long split's gain from the
+    first frame count to the last (``long_gain``) and to its best one (``long_best``: that count is chosen on
+    these very questions, so its interval is optimistic). Questions are paired by ``question_id``."""
+    from longvila.eval import stats
+
+    def ok(n, key, duration=None):
+        return {r["question_id"]: r[key] == r["answer"] for r in sweep[n]["records"]
+                if key in r and (duration is None or r["duration"] == duration)}
+
+    def acc_ci(o):
+        return [round(x, 4) for x in stats.wilson(sum(o.values()), len(o))]
+
+    def diff(x, y, what):
+        if x.keys() != y.keys():
+            raise ValueError(f"videomme intervals: {what}: the two sides answer different questions "
+                             f"({len(x.keys() ^ y.keys())} question ids in one only)")
+        ids = sorted(x)
+        r = stats.paired_difference([x[i] for i in ids], [y[i] for i in ids])
+        return {**r, "estimate": round(r["estimate"], 4), "ci": [round(c, 4) for c in r["ci"]]}
+
+    protocols = [("table", "pred", "")] + ([("table_ll", "ll_pred", "_ll")] if likelihood else [])
+    out: dict = {"level": stats.LEVEL, "accuracy": "wilson", "difference": "paired percentile bootstrap",
+                 "resamples": stats.RESAMPLES, "seed": stats.SEED}
+    for name, key, _ in protocols:
+        out[name] = {str(n): {k: acc_ci(o) for k, o in (("all", ok(n, key)), ("duration/long", ok(n, key, "long")))
+                              if o} for n in frames}
+    if likelihood:
+        out["gap_ll"] = {str(n): diff(ok(n, "ll_pred"), ok(n, "pred"), f"likelihood - letters at {n} frames")
+                         for n in frames}
+    if len(frames) > 1:
+        for _, key, suffix in protocols:
+            first = ok(frames[0], key, "long")
+            if not first:
+                continue
+            best = max(frames[1:], key=lambda n: (sum(ok(n, key, "long").values()), -n))
+            for name, to in (("long_gain", frames[-1]), ("long_best", best)):
+                out[name + suffix] = {"from": frames[0], "to": to, **diff(ok(to, key, "long"), first,
+                                                                         f"long split {frames[0]} -> {to} frames")}
     return out
 
 
@@ -386,7 +431,7 @@ def write_outputs(cfg: VideoMMEConfig, summary: dict, lm: VideoLM) -> None:
         if summary["blind_ll"]:
             metrics["acc_ll_blind"] = summary["blind_ll"]["all"]
     keys = ("table", "blind", "questions", "long_gain", "seconds", "table_ll", "blind_ll", "long_gain_ll",
-            "empty_replies")
+            "empty_replies", "intervals")
     write_result(name, "videomme", metrics, details={k: summary[k] for k in keys if k in summary},
                  config={"table_file": summary["table_file"],
                          **{k: v for k, v in asdict(cfg).items() if k != "command"}, **lm.describe_model()},

@@ -15,7 +15,9 @@ def test_needle_command(tiny_ckpt, tmp_path, capsys):
     assert rc == 0
     text = capsys.readouterr().out
     summary = json.loads((out / "needle.json").read_text())
-    assert f"accuracy {summary['accuracy']:.3f} over {summary['trials']} needles" in text
+    lo, hi = summary["accuracy_ci"]
+    assert f"accuracy {summary['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] over {summary['trials']} needles" in text
+    assert lo <= summary["accuracy"] <= hi
     assert summary["frame_counts"] == [10, 20] and summary["trials"] == 2 * 6 * 2
     res = json.loads((tmp_path / "results" / "needle-20.json").read_text())
     assert res["command"].startswith("longvila eval needle --ckpt") and res["config"]["frames"] == 20
@@ -54,6 +56,11 @@ def test_videomme_command_embedded(tiny_ckpt, tmp_path, capsys, monkeypatch):
     text = capsys.readouterr().out
     s = json.loads((tmp_path / "vm" / "videomme.json").read_text())
     assert s["questions"] == 3 and s["frames"] == [4, 8] and "blind" in text
+    # the intervals are printed beside the figures: letters, likelihood and their gap per frame count
+    ci, gap = s["intervals"]["table"]["8"]["all"], s["intervals"]["gap_ll"]["8"]
+    assert (f"       8  {s['table']['8']['all']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" in text
+            and f"{gap['estimate']:+.3f} [{gap['ci'][0]:+.3f}, {gap['ci'][1]:+.3f}]" in text)
+    assert f"long split by letter: 4 -> 8 frames {s['intervals']['long_gain']['estimate']:+.3f}" in text
     assert (tmp_path / "vm" / "bench" / "videomme.json").is_file()
     # without --publish an evaluation leaves the leaderboard alone: evaluating another model, or another
     # checkpoint of ours, into its own --out never overwrites the published videomme.json

@@ -166,8 +166,11 @@ def test_sweep_on_real_layout_fixture(tiny_lm, tmp_path):
         assert r["ll_pred"] == prompts.OPTION_LETTERS[int(np.argmax(r["ll"]))] and len(r["ll"]) == 4
     assert s["table_ll"]["64"]["all"] == np.mean([r["ll_pred"] == r["answer"] for r in sweep["records"]])
     assert res["metrics"]["acc_ll@64"] == s["table_ll"]["64"]["all"] and "acc_ll_blind" in res["metrics"]
+    iv = s["intervals"]  # Wilson intervals around every accuracy, and published with the result
+    assert iv["table"]["64"]["all"][0] <= s["table"]["64"]["all"] <= iv["table"]["64"]["all"][1]
+    assert iv["gap_ll"]["64"]["n"] == 2 and res["details"]["intervals"] == iv
     again = videomme.run(cfg, lm=tiny_lm)
-    assert again["table"] == s["table"]
+    assert again["table"] == s["table"] and again["intervals"] == iv
 
 
 def test_sweep_missing_video(tiny_lm, tmp_path):
