@@ -121,7 +121,7 @@ def head_step(questions: int = 32, reps: int = 3, seed: int = 0) -> dict:
             loss = mmsp_forward(model, batch, labelled_logits=labelled).loss
             loss.backward()
             best = min(best, time.perf_counter() - t0)
-        out["seconds"][name], out["loss"][name] = best, float(loss)
+        out["seconds"][name], out["loss"][name] = best, float(loss.detach())
     return out
 
 
