@@ -153,8 +153,9 @@ def _run(args: argparse.Namespace, command: str) -> int:
             summary = needle.run(cfg, ckpt=args.ckpt)
         ref = summary.get("read_accuracy")
         lo, hi = summary["accuracy_ci"]
+        clo, chi = summary["accuracy_ci_by_code"] or (float("nan"),) * 2
         print(f"needle ({args.style}): accuracy {summary['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] over {summary['trials']} "
-              "needles (95% Wilson interval), no-needle control "
+              f"needles (95% Wilson interval; [{clo:.3f}, {chi:.3f}] resampling codes), no-needle control "
               f"{summary['control_accuracy']:.3f} (chance {summary['chance']:.3f})"
               + (f", reading reference {ref:.3f} ({args.reference_frames}-frame haystack)" if ref is not None else "")
               + (f", on cards read there {summary['if_read_accuracy']:.3f} ({summary['if_read_trials']} needles)"

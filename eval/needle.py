@@ -470,8 +470,12 @@ def summarize(cfg: NeedleConfig, cells: list[dict], counts: list[int]) -> dict:
                    "string_read_accuracy": rate([c for c in cells if c.get("read")])}
     return {**strings, "frame_counts": counts, "depths": list(cfg.depths), "grid": grid, "accuracy_per_frames": per_frames,
             "accuracy": base.accuracy(sum(hits), len(hits)), "trials": len(hits),
-            # how far the rate can move by the needles drawn alone (Wilson, eval.stats)
+            # how far the rate can move by the needles drawn alone (Wilson, eval.stats), and by the codes drawn:
+            # a code is asked at every depth of its frame count and a misread one is missed at most of them, so
+            # (frame count, code) is resampled as a whole
             "accuracy_ci": [round(x, 4) for x in stats.wilson(sum(hits), len(hits))],
+            "accuracy_ci_by_code": [round(x, 4) for x in stats.cluster_interval(
+                hits, [(c["frames"], code) for c in grid_cells for code in c["codes"]])] if hits else None,
             "control_accuracy": base.accuracy(sum(ctrl), len(ctrl)), "control_trials": len(ctrl),
             "read_accuracy": base.accuracy(sum(ref), len(ref)) if ref else None, "read_trials": len(ref),
             "if_read_accuracy": base.accuracy(sum(if_read), len(if_read)) if if_read else None,
@@ -536,7 +540,7 @@ def write_outputs(cfg: NeedleConfig, summary: dict, lm: VideoLM) -> None:
             metrics["acc_string"] = summary["string_accuracy"]
         metrics.update({f"acc@{n}": a for n, a in summary["accuracy_per_frames"].items()})
         write_result(name, "needle", metrics, details={k: summary[k] for k in (
-            "frame_counts", "depths", "grid", "trials", "accuracy_ci", "control_trials", "read_trials", "if_read_trials",
+            "frame_counts", "depths", "grid", "trials", "accuracy_ci", "accuracy_ci_by_code", "control_trials", "read_trials", "if_read_trials",
             "if_read_per_frames", "chance", "seconds", "level")},
             config={**summary["config"], **lm.describe_model()},
             seed=cfg.seed, command=cfg.command, plots={"heatmap": heat, "per_frames": curve},

@@ -8,6 +8,9 @@ Design choices:
   another) gets a paired percentile bootstrap over the questions (``scipy.stats.bootstrap`` on the per-question
   differences): questions both protocols answer alike add no spread. The seed is fixed, so a summary written
   twice from the same records is the same file.
+- Where outcomes come in groups that fail together (the needle grid asks each code at every depth of its
+  frame count, and a code misread is missed at most of them), ``cluster_interval`` resamples whole groups: the
+  rate's spread is that of the groups, not of the single outcomes.
 - These intervals count the sampling of questions only, not run-to-run training noise: two stage-5 runs that
   differ in one knob can differ by more than either interval (docs/recipe.md, the letter runs).
 """
@@ -57,3 +60,36 @@ def paired_difference(a: Sequence[bool], b: Sequence[bool], level: float = LEVEL
                         vectorized=True, rng=np.random.default_rng(seed))
         lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
     return {"estimate": est, "ci": [lo, hi], "n": n, "discordant": discordant}
+
+
+def cluster_interval(outcomes: Sequence[bool], groups: Sequence, level: float = LEVEL, resamples: int = RESAMPLES,
+                     seed: int = SEED) -> tuple[float, float]:
+    """Percentile-bootstrap interval of the rate of ``outcomes`` resampling whole ``groups`` (one label per
+    outcome; outcomes with the same label are drawn together): the ratio of correct to asked over the drawn
+    groups."""
+    from scipy.stats import bootstrap
+
+    if len(outcomes) != len(groups):
+        raise ValueError(f"cluster_interval: {len(outcomes)} outcomes but {len(groups)} group labels")
+    if not len(outcomes):
+        raise ValueError("cluster_interval: no outcomes")
+    labels: dict = {}
+    hits, asked = [], []
+    for ok, g in zip(outcomes, groups, strict=True):
+        i = labels.setdefault(g, len(labels))
+        if i == len(hits):
+            hits.append(0)
+            asked.append(0)
+        hits[i] += bool(ok)
+        asked[i] += 1
+    hits_a, asked_a = np.asarray(hits, dtype=float), np.asarray(asked, dtype=float)
+    if hits_a.sum() in (0, asked_a.sum()) or len(hits) == 1:  # every draw gives the same rate
+        rate = float(hits_a.sum() / asked_a.sum())
+        return rate, rate
+
+    def ratio(h, n, axis=-1):
+        return h.sum(axis=axis) / n.sum(axis=axis)
+
+    res = bootstrap((hits_a, asked_a), ratio, paired=True, vectorized=True, n_resamples=resamples,
+                    confidence_level=level, method="percentile", rng=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)

@@ -17,6 +17,8 @@ def test_needle_command(tiny_ckpt, tmp_path, capsys):
     summary = json.loads((out / "needle.json").read_text())
     lo, hi = summary["accuracy_ci"]
     assert f"accuracy {summary['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] over {summary['trials']} needles" in text
+    clo, chi = summary["accuracy_ci_by_code"]
+    assert f"[{clo:.3f}, {chi:.3f}] resampling codes" in text
     assert lo <= summary["accuracy"] <= hi
     assert summary["frame_counts"] == [10, 20] and summary["trials"] == 2 * 6 * 2
     res = json.loads((tmp_path / "results" / "needle-20.json").read_text())

@@ -128,6 +128,7 @@ def test_grid_oracle_and_control(tiny_lm, tmp_path, monkeypatch):
     res = json.loads((tmp_path / "results" / "needle-40.json").read_text())
     assert res["metrics"]["accuracy"] == 1.0 and res["metrics"]["control"] == 0.0
     assert res["details"]["accuracy_ci"] == s["accuracy_ci"] and s["accuracy_ci"][1] == 1.0
+    assert s["accuracy_ci_by_code"] == [1.0, 1.0] == res["details"]["accuracy_ci_by_code"]
     assert s["accuracy_ci"][0] == pytest.approx(0.8241, abs=1e-4)  # 18 of 18 (Wilson: n / (n + z^2))
     assert res["metrics"]["acc_read"] == 1.0 and res["metrics"]["acc_if_read"] == 1.0
     assert res["metrics"]["acc@40"] == 1.0 and "heatmap" in res["plots"]
@@ -153,6 +154,9 @@ def test_if_read_accuracy_counts_only_cards_read_in_the_reference(tmp_path):
     assert s["accuracy"] == 4 / 8 and s["read_accuracy"] == 2 / 4 and s["control_accuracy"] == 0.0
     # 4 of 8: the Wilson 95% interval (closed form: 0.5 -+ 0.2848)
     assert s["accuracy_ci"] == pytest.approx([0.2152, 0.7848], abs=1e-4)
+    # resampling the codes (two per frame count, each asked at both depths): 4 groups of 2 outcomes
+    lo, hi = s["accuracy_ci_by_code"]
+    assert lo <= 0.5 <= hi and hi - lo >= s["accuracy_ci"][1] - s["accuracy_ci"][0] - 0.1
     # read in the reference: (20, "222") and (40, "111") -> grid answers True, False (frames 20) and False, False (40)
     assert s["if_read_trials"] == 4 and s["if_read_accuracy"] == 1 / 4
     assert s["if_read_per_frames"] == {"20": 0.5, "40": 0.0}

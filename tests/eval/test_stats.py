@@ -103,3 +103,29 @@ def test_videomme_intervals_refuse_unpaired_questions():
     sweep[64]["records"][2]["question_id"] = "999-9"  # a long question asked at 64 frames only
     with pytest.raises(ValueError, match="different questions"):
         videomme.intervals(frames, sweep, likelihood=True)
+
+
+def test_cluster_interval_single_outcomes_match_wilson_and_groups_widen_it():
+    rng = np.random.default_rng(5)
+    ok = rng.random(600) < 0.9
+    k = int(ok.sum())
+    lo, hi = stats.cluster_interval(ok, list(range(600)))  # every outcome its own group
+    wl, wh = stats.wilson(k, 600)
+    assert abs(lo - wl) < 0.01 and abs(hi - wh) < 0.01 and lo < k / 600 < hi
+    # 100 groups of 6 that fail together: the spread is that of 100 draws, not 600
+    grouped = np.repeat(rng.random(100) < 0.9, 6)
+    glo, ghi = stats.cluster_interval(grouped, np.repeat(np.arange(100), 6))
+    k6 = int(grouped.sum())
+    wl6, wh6 = stats.wilson(k6 // 6, 100)
+    assert abs(glo - wl6) < 0.02 and abs(ghi - wh6) < 0.02
+    assert ghi - glo > 1.8 * (stats.wilson(k6, 600)[1] - stats.wilson(k6, 600)[0])
+    assert stats.cluster_interval(grouped, np.repeat(np.arange(100), 6)) == (glo, ghi)  # fixed seed
+
+
+def test_cluster_interval_degenerate_and_bad_input():
+    assert stats.cluster_interval([True] * 12, [i // 6 for i in range(12)]) == (1.0, 1.0)
+    assert stats.cluster_interval([True, False, True], ["a"] * 3) == (2 / 3, 2 / 3)  # one group: nothing to draw
+    with pytest.raises(ValueError, match="3 outcomes but 2 group labels"):
+        stats.cluster_interval([True, False, True], ["a", "b"])
+    with pytest.raises(ValueError, match="no outcomes"):
+        stats.cluster_interval([], [])
