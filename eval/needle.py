@@ -540,8 +540,8 @@ def write_outputs(cfg: NeedleConfig, summary: dict, lm: VideoLM) -> None:
             metrics["acc_string"] = summary["string_accuracy"]
         metrics.update({f"acc@{n}": a for n, a in summary["accuracy_per_frames"].items()})
         write_result(name, "needle", metrics, details={k: summary[k] for k in (
-            "frame_counts", "depths", "grid", "trials", "accuracy_ci", "accuracy_ci_by_code", "control_trials", "read_trials", "if_read_trials",
-            "if_read_per_frames", "chance", "seconds", "level")},
+            "frame_counts", "depths", "grid", "trials", "accuracy_ci", "accuracy_ci_by_code", "control_trials",
+            "read_trials", "if_read_trials", "if_read_per_frames", "chance", "seconds", "level")},
             config={**summary["config"], **lm.describe_model()},
             seed=cfg.seed, command=cfg.command, plots={"heatmap": heat, "per_frames": curve},
             results_dir=os.environ.get("LONGVILA_RESULTS_DIR"))

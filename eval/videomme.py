@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from longvila.eval import base, prompts
+from longvila.eval import base, prompts, stats
 from longvila.eval.adapters import VideoLM, as_video_lm, load_adapter
 from longvila.utils import atomic_write_bytes, atomic_write_json, progress, read_json, save_figure
 
@@ -342,7 +342,6 @@ def intervals(frames: list[int], sweep: dict, likelihood: bool) -> dict:
     intervals of likelihood minus letters per frame count (``gap_ll``) and of the long split's gain from the
     first frame count to the last (``long_gain``) and to its best one (``long_best``: that count is chosen on
     these very questions, so its interval is optimistic). Questions are paired by ``question_id``."""
-    from longvila.eval import stats
 
     def ok(n, key, duration=None):
         return {r["question_id"]: r[key] == r["answer"] for r in sweep[n]["records"]
