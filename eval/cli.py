@@ -265,4 +265,3 @@ def print_intervals(s: dict) -> None:
 
 if __name__ == "__main__":
     sys.exit(main())
-

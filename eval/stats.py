@@ -74,16 +74,10 @@ def cluster_interval(outcomes: Sequence[bool], groups: Sequence, level: float = 
     if not len(outcomes):
         raise ValueError("cluster_interval: no outcomes")
     labels: dict = {}
-    hits, asked = [], []
-    for ok, g in zip(outcomes, groups, strict=True):
-        i = labels.setdefault(g, len(labels))
-        if i == len(hits):
-            hits.append(0)
-            asked.append(0)
-        hits[i] += bool(ok)
-        asked[i] += 1
-    hits_a, asked_a = np.asarray(hits, dtype=float), np.asarray(asked, dtype=float)
-    if hits_a.sum() in (0, asked_a.sum()) or len(hits) == 1:  # every draw gives the same rate
+    idx = [labels.setdefault(g, len(labels)) for g in groups]  # group labels may be any hashable (tuples)
+    hits_a = np.bincount(idx, weights=np.asarray(outcomes, dtype=float))
+    asked_a = np.bincount(idx).astype(float)
+    if hits_a.sum() in (0, asked_a.sum()) or len(labels) == 1:  # every draw gives the same rate
         rate = float(hits_a.sum() / asked_a.sum())
         return rate, rate
 

@@ -369,12 +369,12 @@ def intervals(frames: list[int], sweep: dict, likelihood: bool) -> dict:
                          for n in frames}
     if len(frames) > 1:
         for _, key, suffix in protocols:
-            first = ok(frames[0], key, "long")
-            if not first:
+            long = {n: ok(n, key, "long") for n in frames}
+            if not long[frames[0]]:
                 continue
-            best = max(frames[1:], key=lambda n: (sum(ok(n, key, "long").values()), -n))
+            best = max(frames[1:], key=lambda n: (sum(long[n].values()), -n))
             for name, to in (("long_gain", frames[-1]), ("long_best", best)):
-                out[name + suffix] = {"from": frames[0], "to": to, **diff(ok(to, key, "long"), first,
+                out[name + suffix] = {"from": frames[0], "to": to, **diff(long[to], long[frames[0]],
                                                                          f"long split {frames[0]} -> {to} frames")}
     return out
 
