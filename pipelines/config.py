@@ -126,7 +126,9 @@ class DataCfg:
     # options ("a small red circle", "top left", "471"), the rest single words (colours, shapes, numbers)
     pointer_text_frac: float = 0.0
     pointers: int = 0  # pointer questions added to every micro-batch besides (keep the letter binding alive)
-    workers: int = 0  # loader worker processes
+    # micro-batches each rank builds ahead in a background thread while the model trains on the current one (0:
+    # built on demand). The batches are the same either way (a pure function of seed, rank and position)
+    prefetch: int = 2
 
 
 @dataclass(frozen=True)

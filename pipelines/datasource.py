@@ -19,11 +19,15 @@ Design choices:
 
 from __future__ import annotations
 
+import atexit
 import functools
 import io
 import json
 import logging
+import queue
 import re
+import threading
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -559,22 +563,116 @@ def stream(data_root: str | Path, sets: tuple[str, ...], phase: Phase, seed: int
             yield {**pack(items, loss_weighting), "skipped": skipped, "truncated": truncated}
 
 
-def shared_stream(make: Any, skip: int, group: Any) -> Iterator[dict[str, Any]]:
+class Prefetch:
+    """The items of an iterator, built ``depth`` ahead by a daemon thread while the caller works on the current
+    one (the trainer's forward and backward; torch's kernels and the collectives' waits release the GIL).
+
+    The items and their order are those of the iterator itself: a micro-batch is a pure function of (seed,
+    rank, position), and the data path touches no global random state. An exception raised while building is
+    raised by the ``next`` that reaches it, with the builder's traceback; ``close`` (also on garbage
+    collection) stops the thread after the item it is on. Threads still running at exit are stopped and
+    joined then (a daemon thread inside a decoder's C++ code while the interpreter finalises aborts the
+    process), so the trainer need not close its streams, though it does.
+    """
+
+    def __init__(self, it: Iterator[Any], depth: int = 2):
+        if depth < 1:
+            raise ValueError(f"prefetch depth must be at least 1, got {depth}")
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._end: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(it, self._queue, self._stop), daemon=True,
+                                        name="longvila-prefetch")
+        self._thread.start()
+        _LIVE_PREFETCH[self._thread] = self._stop
+
+    @staticmethod
+    def _run(it: Iterator[Any], q: queue.Queue, stop: threading.Event) -> None:
+        def put(entry) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(entry, timeout=0.1)
+                    return True
+                except queue.Full:
+                    pass
+            return False
+
+        try:
+            for item in it:
+                if not put((True, item)):
+                    return
+            put((False, StopIteration()))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
+            put((False, e))
+
+    def __iter__(self) -> Prefetch:
+        return self
+
+    def __next__(self) -> Any:
+        if self._end is not None:
+            raise self._end
+        while True:
+            try:
+                ok, value = self._queue.get(timeout=1.0)
+                break
+            except queue.Empty:
+                if not self._thread.is_alive():  # killed without a word (cannot happen short of the interpreter)
+                    self._end = RuntimeError("the prefetching thread ended without handing over its batches")
+                    raise self._end from None
+        if ok:
+            return value
+        self._end = value
+        raise value
+
+    def close(self, wait: float = 0.0) -> None:
+        """Stop building; ``wait`` > 0: also wait up to that many seconds for the thread to end."""
+        self._stop.set()
+        if wait > 0:
+            self._thread.join(wait)
+
+    def __del__(self) -> None:
+        stop = getattr(self, "_stop", None)  # None: __init__ refused its arguments
+        if stop is not None:
+            stop.set()
+
+
+_LIVE_PREFETCH: weakref.WeakKeyDictionary[threading.Thread, threading.Event] = weakref.WeakKeyDictionary()
+
+
+@atexit.register
+def _stop_prefetching(wait: float = 60.0) -> None:
+    """At exit: stop every prefetching thread still running and wait for each to leave its current item."""
+    live = list(_LIVE_PREFETCH.items())
+    for _, stop in live:
+        stop.set()
+    for thread, _ in live:
+        thread.join(wait)
+
+
+def shared_stream(make: Any, skip: int, group: Any, prefetch: int = 0) -> Iterator[dict[str, Any]]:
     """The micro-batches ``make(skip, 1)`` yields, built once per sequence-parallel group instead of once per
     rank: rank r of the n ranks of ``group`` builds micro-batches skip + r, skip + r + n, ... (``make(start,
     stride)``, a ``stream`` with those arguments) and the group exchanges them
     (``longvila.parallel.comm.exchange``), so every rank yields the same sequence as before with 1/n of the
     data work. ``skipped`` and ``truncated`` are summed over the ranks' streams. A micro-batch whose samples
-    all fail is replaced by the next of the same rank's stream (n positions on, not one)."""
+    all fail is replaced by the next of the same rank's stream (n positions on, not one). ``prefetch``: the
+    rank's own micro-batches are built that many ahead in a background thread (``Prefetch``); the exchange,
+    a collective, stays on the caller's thread."""
     from longvila.parallel.comm import exchange, group_rank, group_size
 
     n = group_size(group)
-    if n == 1:
-        yield from make(skip, 1)
-        return
-    own = make(skip + group_rank(group), n)
-    while True:
-        got = exchange(next(own), group)
-        counts = {k: sum(int(b.get(k, 0)) for b in got) for k in ("skipped", "truncated")}
-        for b in got:
-            yield {**b, **counts}
+    own = make(skip + group_rank(group), n) if n > 1 else make(skip, 1)
+    if prefetch:
+        own = Prefetch(own, prefetch)
+    try:
+        if n == 1:
+            yield from own
+            return
+        while True:
+            got = exchange(next(own), group)
+            counts = {k: sum(int(b.get(k, 0)) for b in got) for k in ("skipped", "truncated")}
+            for b in got:
+                yield {**b, **counts}
+    finally:  # the trainer closes a phase's stream when it moves on: stop building ahead
+        if isinstance(own, Prefetch):
+            own.close()

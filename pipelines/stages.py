@@ -165,7 +165,9 @@ def make_task(cfg: StageConfig, data_root: str | Path) -> Task:
         # the ranks of an SP group train on the same micro-batches: each builds 1/sp of them (identical batches)
         # (a one-rank SP group builds its own: shared_stream is then make(skip, 1))
         share = cfg.parallel.share_batches and ctx.mesh is not None
-        return datasource.shared_stream(make, skip, ctx.mesh.sp_group) if share else make(skip, 1)
+        if share:
+            return datasource.shared_stream(make, skip, ctx.mesh.sp_group, prefetch=cfg.data.prefetch)
+        return datasource.Prefetch(make(skip, 1), cfg.data.prefetch) if cfg.data.prefetch else make(skip, 1)
 
     def evaluate(model, ctx: Context) -> dict[str, Any]:
         from longvila.pipelines.evaluate import pointer_qa, short_video_qa

@@ -204,6 +204,8 @@ def train(cfg: StageConfig, task: Task, out: str | os.PathLike, init: str | os.P
         pi, phase = cfg.phase_at(step)
         if pi != phase_index:
             phase_index = pi
+            if stream is not None and hasattr(stream, "close"):
+                stream.close()  # stops the phase's background batch building (``data.prefetch``)
             phase_start = sum(p.steps for p in cfg.data.curriculum[:pi]) if cfg.data.curriculum else 0
             stream = task.batches(pi, phase, (step - phase_start) * ga, ctx)
         loss_sum, tokens = 0.0, 0
@@ -229,6 +231,8 @@ def train(cfg: StageConfig, task: Task, out: str | os.PathLike, init: str | os.P
             _save_step(cfg, ctx, run_dir, done, model, task, optimizer, scheduler, {"step": done})
         if done == kill_after:
             os._exit(17)
+    if stream is not None and hasattr(stream, "close"):
+        stream.close()
     seconds = elapsed0 + time.perf_counter() - t0
 
     # ---- frozen modules must be bit-for-bit unchanged

@@ -323,13 +323,15 @@ def shared_stream_worker(rank: int, world: int, data_root: str) -> list:
         return ds.stream(data_root, ("short_sft",), Phase(4, 3, 1), seed=7, skip=start, stride=stride, dp_rank=0,
                          dp=1, seq_len=256, processor=proc, needle_frac=0.4, cards=1, code_repeat_frac=0.5)
 
-    shared, own, out = ds.shared_stream(make, 3, dist.group.WORLD), make(3, 1), []
+    # also with each rank's share built ahead in a background thread (``data.prefetch``, the trainer's default)
+    shared, ahead = ds.shared_stream(make, 3, dist.group.WORLD), ds.shared_stream(make, 3, dist.group.WORLD, 2)
+    own, out = make(3, 1), []
     for _ in range(5):
-        a, b = next(shared), next(own)
+        a, c, b = next(shared), next(ahead), next(own)
         # the same values in the same memory layout (pixel values are channels-last: a contiguous copy would
         # take other convolution kernels and round differently)
-        same = a.keys() == b.keys() and all(
-            torch.equal(a[k], b[k]) and a[k].stride() == b[k].stride() if isinstance(b[k], torch.Tensor)
-            else a[k] == b[k] for k in b)
+        same = all(x.keys() == b.keys() and all(
+            torch.equal(x[k], b[k]) and x[k].stride() == b[k].stride() if isinstance(b[k], torch.Tensor)
+            else x[k] == b[k] for k in b) for x in (a, c))
         out.append((same, a["sample_ids"]))
     return out

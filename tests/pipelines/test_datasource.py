@@ -496,3 +496,59 @@ def test_close_distractors_are_one_digit_away_and_the_centre_is_no_cue():
     # and the random-distractor form mostly differs in more than one place
     q, _ = ds.code_question("123", np.random.default_rng(2), 1.0)
     assert any(dist(line[3:], "123") > 1 for line in q.splitlines() if line[:3] in ("B. ", "C. ", "D. ", "A. "))
+
+
+def test_prefetch_yields_the_items_in_order_then_stops():
+    got = list(ds.Prefetch(iter(range(50)), depth=3))
+    assert got == list(range(50))
+    with pytest.raises(ValueError, match="depth must be at least 1"):
+        ds.Prefetch(iter(()), depth=0)
+
+
+def test_prefetch_raises_the_builders_error_where_it_is_reached():
+    def items():
+        yield from (0, 1, 2)
+        raise RuntimeError("shard 3 is corrupt")
+
+    it = ds.Prefetch(items(), depth=2)
+    assert [next(it), next(it), next(it)] == [0, 1, 2]
+    for _ in range(2):  # and again on every later call, as a plain generator that ended would not
+        with pytest.raises(RuntimeError, match="shard 3 is corrupt"):
+            next(it)
+
+
+def test_prefetch_builds_ahead_and_close_stops_the_thread():
+    import time
+
+    built = []
+
+    def items():
+        for i in range(10**6):
+            built.append(i)
+            yield i
+
+    it = ds.Prefetch(items(), depth=2)
+    assert next(it) == 0
+    deadline = time.time() + 10
+    while len(built) < 4 and time.time() < deadline:  # the item handed over, two queued, one waiting to be
+        time.sleep(0.01)
+    time.sleep(0.2)
+    assert 3 <= len(built) <= 4  # ahead by the depth, not without bound
+    it.close()
+    it._thread.join(timeout=5)
+    assert not it._thread.is_alive() and len(built) <= 4
+
+
+def test_a_process_exits_cleanly_while_its_prefetching_thread_is_building():
+    import subprocess
+    import sys
+
+    # the thread is inside torch's C++ kernels most of the time; left running as a daemon into the interpreter's
+    # finalisation that aborts the process ("terminate called without an active exception", exit -6)
+    code = ("import torch\nfrom longvila.pipelines.datasource import Prefetch\n"
+            "def items():\n    while True:\n        x = torch.randn(300, 300)\n"
+            "        for _ in range(30):\n            x = torch.tanh(x @ x)\n        yield float(x[0, 0])\n"
+            "it = Prefetch(items(), 2)\nnext(it)\nprint('ok')\n")
+    for _ in range(3):
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
