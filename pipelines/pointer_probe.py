@@ -8,7 +8,7 @@ options in the VideoMME prompt (``datasource.pointer_sample``), answered with th
 alone, fresh questions every step (``--form``: that prompt, the prompt without its instruction line, or
 one line without the chat template). Every ``--eval-every`` steps it scores the same held-out questions
 (``evaluate.POINTER_EVAL_SEED``) in the full VideoMME prompt and in the training form, by teacher-forced
-argmax at the letter (chance 25%). The LLM is the tiny default's, randomly initialised, or
+argmax at the letter (chance 25%), first before any step (``--steps 0`` measures a checkpoint). The LLM is the tiny default's, randomly initialised, or
 the language model of a checkpoint (``--init``), so the curve shows where in the recipe the binding could be
 taught and at what cost. Options: single words (``words``), 3-digit codes (``codes``) or a set's option
 texts (``options`` with ``--data SET_DIR``).
@@ -122,7 +122,9 @@ def run(steps: int = 1500, batch: int = 64, lr: float = 1e-3, warmup: int = 100,
                     for i in range(0, eval_questions, 128)] for kind in dict.fromkeys(("videomme", sched[0][0]))}
     opt = torch.optim.AdamW(llm.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     rng = np.random.default_rng([seed, 7])
-    curve, t0 = [], time.time()
+    t0 = time.time()
+    llm.eval()  # the starting point: what the LLM (random or a checkpoint's) already binds; --steps 0 stops there
+    curve = [(0, round(_accuracy(llm, evals["videomme"]), 4), round(_accuracy(llm, evals[sched[0][0]]), 4))]
     llm.train()
     for step in progress(range(steps), desc="pointer probe", unit="step"):
         for g in opt.param_groups:

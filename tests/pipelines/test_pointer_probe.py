@@ -8,14 +8,17 @@ from longvila.pipelines import pointer_probe
 def test_probe_trains_and_writes_a_held_out_curve(tmp_path):
     out = tmp_path / "probe.json"
     r = pointer_probe.run(steps=3, batch=4, eval_every=2, eval_questions=8, texts="codes", out=str(out))
-    assert [c[0] for c in r["curve"]] == [2, 3]  # every eval_every steps and at the end
+    assert [c[0] for c in r["curve"]] == [0, 2, 3]  # before training, every eval_every steps and at the end
     assert all(0.0 <= a <= 1.0 and 0.0 <= b <= 1.0 for _, a, b in r["curve"])
     assert json.loads(out.read_text())["curve"] == [list(c) for c in r["curve"]]
     # the same held-out questions at every point: an untrained model's first point repeats exactly
     again = pointer_probe.run(steps=2, batch=4, eval_every=2, eval_questions=8, texts="codes")
-    assert again["curve"][0] == r["curve"][0]
+    assert again["curve"][:2] == r["curve"][:2]
     one = pointer_probe.run(steps=1, batch=2, eval_questions=4, form="oneline", texts="words")
-    assert len(one["curve"]) == 1 and one["args"]["form"] == "oneline"
+    assert len(one["curve"]) == 2 and one["args"]["form"] == "oneline"
+    # --steps 0: the starting model's accuracy alone, the same as the first point of a run from it
+    zero = pointer_probe.run(steps=0, batch=4, eval_questions=8, texts="codes")
+    assert zero["curve"] == r["curve"][:1]
 
 
 def test_oneline_form_labels_the_letter_of_the_asked_option():
