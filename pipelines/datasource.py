@@ -616,9 +616,14 @@ class Prefetch:
                 ok, value = self._queue.get(timeout=1.0)
                 break
             except queue.Empty:
-                if not self._thread.is_alive():  # killed without a word (cannot happen short of the interpreter)
-                    self._end = RuntimeError("the prefetching thread ended without handing over its batches")
-                    raise self._end from None
+                if not self._thread.is_alive():
+                    try:  # its last entry may have landed between the wait and this check
+                        ok, value = self._queue.get_nowait()
+                        break
+                    except queue.Empty:  # closed, or ended without a word (not short of the interpreter)
+                        self._end = RuntimeError("next() on a closed Prefetch" if self._stop.is_set() else
+                                                 "the prefetching thread ended without handing over its batches")
+                        raise self._end from None
         if ok:
             return value
         self._end = value

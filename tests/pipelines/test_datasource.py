@@ -537,6 +537,10 @@ def test_prefetch_builds_ahead_and_close_stops_the_thread():
     it.close()
     it._thread.join(timeout=5)
     assert not it._thread.is_alive() and len(built) <= 4
+    for _ in range(2):  # what was queued before the close, then a clear refusal
+        assert next(it) in (1, 2)
+    with pytest.raises(RuntimeError, match="closed Prefetch"):
+        next(it)
 
 
 def test_a_process_exits_cleanly_while_its_prefetching_thread_is_building():
