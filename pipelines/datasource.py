@@ -629,11 +629,9 @@ class Prefetch:
         self._end = value
         raise value
 
-    def close(self, wait: float = 0.0) -> None:
-        """Stop building; ``wait`` > 0: also wait up to that many seconds for the thread to end."""
+    def close(self) -> None:
+        """Stop building (the thread ends after the item it is on)."""
         self._stop.set()
-        if wait > 0:
-            self._thread.join(wait)
 
     def __del__(self) -> None:
         stop = getattr(self, "_stop", None)  # None: __init__ refused its arguments

@@ -8,9 +8,9 @@ options in the VideoMME prompt (``datasource.pointer_sample``), answered with th
 alone, fresh questions every step (``--form``: that prompt, the prompt without its instruction line, or
 one line without the chat template). Every ``--eval-every`` steps it scores the same held-out questions
 (``evaluate.POINTER_EVAL_SEED``) in the full VideoMME prompt and in the training form, by teacher-forced
-argmax at the letter (chance 25%), first before any step (``--steps 0`` measures a checkpoint). The LLM is the tiny default's, randomly initialised, or
-the language model of a checkpoint (``--init``), so the curve shows where in the recipe the binding could be
-taught and at what cost. Options: single words (``words``), 3-digit codes (``codes``) or a set's option
+argmax at the letter (chance 25%), first before any step (``--steps 0`` measures a checkpoint). The LLM is
+the tiny default's, randomly initialised, or the language model of a checkpoint (``--init``), so the curve
+shows where in the recipe the binding could be taught and at what cost. Options: single words (``words``), 3-digit codes (``codes``) or a set's option
 texts (``options`` with ``--data SET_DIR``).
 
 Design choices:
